@@ -1,0 +1,35 @@
+"""Evaluates checkpoints of run_trainer.py on test_batch.bin.
+
+  python run_evaluator.py --data_path=cifar-10-batches-bin --ckpt_path=runs/resnet110
+
+--ckpt_path is a checkpoint prefix or a folder (its latest checkpoint, or every
+one with --all_checkpoints). The architecture comes from the checkpoint; an
+architecture flag given explicitly must match it.
+"""
+
+from absl import flags
+
+from v2 import evaluate, options
+from v2.errors import UserError
+
+flags.DEFINE_string('ckpt_path', None, 'Checkpoint prefix, or a folder of checkpoints.')
+flags.DEFINE_boolean('all_checkpoints', False, 'Evaluate every checkpoint in the folder.')
+flags.DEFINE_string('output_json', None, 'Also write the figures to this JSON file.')
+flags.mark_flag_as_required('ckpt_path')
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UserError('unexpected arguments: %s (flags are written --name=value)'
+                        % ' '.join(argv[1:]))
+    evaluate.evaluate_checkpoints(
+        FLAGS.ckpt_path, FLAGS.data_path, options.model_config(),
+        options.explicit_architecture_flags(), all_checkpoints=FLAGS.all_checkpoints,
+        batch_size=FLAGS.eval_batch_size, output_json=FLAGS.output_json)
+    return 0
+
+
+if __name__ == '__main__':
+    options.run(main)

@@ -1,0 +1,86 @@
+"""Trains a pre-activation ResNet (or plain net) on the CIFAR-10 binary files.
+
+  python run_trainer.py --data_path=cifar-10-batches-bin --num_layers=110
+
+Restarting with the same --ckpt_path resumes where the run stopped; Ctrl-C or
+SIGTERM saves a checkpoint first. All logic lives in the v2 package.
+"""
+
+import sys
+
+from absl import flags
+
+from v2 import model, options, schedule, train
+from v2.errors import UserError
+
+flags.DEFINE_string('ckpt_path', None,
+                    'Checkpoint folder; resumes from its latest checkpoint. '
+                    'Default: runs/<model>, e.g. runs/resnet110 or runs/plain56.')
+flags.DEFINE_string('log_path', None, 'TensorBoard folder. Default: <ckpt_path>/logs.')
+flags.DEFINE_integer('batch_size', 128, 'Images per training step.', lower_bound=1)
+flags.DEFINE_integer('num_iterations', 64000, 'TOTAL training steps (not "more steps").',
+                     lower_bound=1)
+flags.DEFINE_integer('log_per_iterations', 100, 'Print, summarise and checkpoint every N steps.',
+                     lower_bound=1)
+flags.DEFINE_float('weight_decay', 1e-4, 'L2 weight decay on the conv and linear kernels.',
+                   lower_bound=0.0)
+flags.DEFINE_float('momentum', 0.9, 'SGD momentum.', lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_list('lr_values', ['0.1', '0.01', '0.001'], 'Learning rates, one more than boundaries.')
+flags.DEFINE_list('lr_boundaries', ['32000', '48000'], 'Steps at which the next rate starts.')
+flags.DEFINE_integer('warmup_iterations', 0,
+                     'Steps at --warmup_lr first (He et al. 2015 used 400 for ResNet-110).',
+                     lower_bound=0)
+flags.DEFINE_float('warmup_lr', 0.01, 'Learning rate during the warm-up.', lower_bound=0.0)
+flags.DEFINE_integer('max_to_keep', 5, 'Checkpoints kept in --ckpt_path.', lower_bound=1)
+flags.DEFINE_integer('eval_every', 0, 'Evaluate on test_batch.bin every N steps (0: never).',
+                     lower_bound=0)
+flags.DEFINE_integer('seed', 0, 'Seed of initialisation, shuffling and augmentation.')
+flags.DEFINE_boolean('dry_run', False, 'Print the architecture and the input pipeline, then exit.')
+
+FLAGS = flags.FLAGS
+
+
+def _numbers(flag, kind):
+    try:
+        return tuple(kind(v) for v in FLAGS[flag].value)
+    except ValueError:
+        raise UserError('--%s=%s: expected a comma-separated list of %s'
+                        % (flag, ','.join(FLAGS[flag].value),
+                           'integers' if kind is int else 'numbers')) from None
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UserError('unexpected arguments: %s (flags are written --name=value)'
+                        % ' '.join(argv[1:]))
+    model_config = options.model_config()
+    name = ('resnet' if model_config.shortcut_connections else 'plain') + str(FLAGS.num_layers)
+    ckpt_path = FLAGS.ckpt_path or 'runs/' + name
+    config = train.TrainConfig(
+        ckpt_path=ckpt_path,
+        log_path=FLAGS.log_path or ckpt_path + '/logs',
+        batch_size=FLAGS.batch_size,
+        num_iterations=FLAGS.num_iterations,
+        log_per_iterations=FLAGS.log_per_iterations,
+        weight_decay=FLAGS.weight_decay,
+        momentum=FLAGS.momentum,
+        schedule=schedule.Schedule(boundaries=_numbers('lr_boundaries', int),
+                                   values=_numbers('lr_values', float),
+                                   warmup_iterations=FLAGS.warmup_iterations,
+                                   warmup_lr=FLAGS.warmup_lr),
+        max_to_keep=FLAGS.max_to_keep,
+        eval_every=FLAGS.eval_every,
+        eval_batch_size=FLAGS.eval_batch_size,
+        seed=FLAGS.seed)
+    if FLAGS.dry_run:
+        print(model.summary(model.ResNet(model_config)))
+        train.dry_run(model_config, config, FLAGS.data_path)
+        return 0
+    result = train.train(model_config, config, FLAGS.data_path)
+    if result.stopped_by:
+        sys.exit(128 + result.stopped_by)
+    return 0
+
+
+if __name__ == '__main__':
+    options.run(main)

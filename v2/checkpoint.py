@@ -1,0 +1,111 @@
+"""What a checkpoint holds, and how one is found, read and checked.
+
+Every checkpoint is self-contained: besides the weights, batch-norm statistics,
+optimizer slots and step, it stores the architecture (ModelConfig as JSON), the
+training flags (JSON) and the per-pixel training-set mean. The evaluator needs
+nothing else, and a checkpoint of another architecture is refused before any
+variable is restored, never half-loaded.
+"""
+
+import os
+
+import tensorflow as tf
+
+from v2.errors import UserError
+from v2.model import ModelConfig
+
+ARCHITECTURE_KEY = 'architecture/.ATTRIBUTES/VARIABLE_VALUE'
+TRAINING_KEY = 'training/.ATTRIBUTES/VARIABLE_VALUE'
+MEAN_KEY = 'pixel_mean/.ATTRIBUTES/VARIABLE_VALUE'
+STEP_KEY = 'step/.ATTRIBUTES/VARIABLE_VALUE'
+
+
+def make(model, pixel_mean, step=None, optimizer=None, training_json=''):
+    """The tf.train.Checkpoint of a run; optimizer and step are left out for evaluation."""
+    objects = dict(model=model,
+                   architecture=tf.Variable(model.config.to_json(), trainable=False),
+                   pixel_mean=tf.Variable(pixel_mean, trainable=False))
+    if step is not None:
+        objects['step'] = step
+    if optimizer is not None:
+        objects['optimizer'] = optimizer
+        objects['training'] = tf.Variable(training_json, trainable=False)
+    return tf.train.Checkpoint(**objects)
+
+
+def is_prefix(path):
+    """True if `path` is a checkpoint prefix (path.index exists)."""
+    return tf.io.gfile.exists(path + '.index')
+
+
+def find(ckpt_path):
+    """The checkpoint prefix that --ckpt_path names: a prefix, or a folder's latest.
+
+    Raises UserError when there is none.
+    """
+    if is_prefix(ckpt_path):
+        return ckpt_path
+    if not os.path.exists(ckpt_path):
+        raise UserError('--ckpt_path=%s: no such checkpoint or folder' % ckpt_path)
+    if not os.path.isdir(ckpt_path):
+        raise UserError('--ckpt_path=%s is not a checkpoint prefix (no %s.index) nor a folder'
+                        % (ckpt_path, ckpt_path))
+    prefix = tf.train.latest_checkpoint(ckpt_path)
+    if prefix is None:
+        raise UserError('--ckpt_path=%s: the folder holds no checkpoint '
+                        '(train one with run_trainer.py --ckpt_path=%s)' % (ckpt_path, ckpt_path))
+    return prefix
+
+
+def find_all(ckpt_path):
+    """Every checkpoint the folder's index lists, oldest first (or the one prefix)."""
+    if is_prefix(ckpt_path):
+        return [ckpt_path]
+    find(ckpt_path)                                       # the errors for a bad folder
+    state = tf.train.get_checkpoint_state(ckpt_path)
+    return [p for p in state.all_model_checkpoint_paths if is_prefix(p)]
+
+
+class Saved:
+    """The metadata of a checkpoint, read without building a model."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        try:
+            reader = tf.train.load_checkpoint(prefix)
+            self.config = ModelConfig.from_json(reader.get_tensor(ARCHITECTURE_KEY).decode())
+            self.pixel_mean = reader.get_tensor(MEAN_KEY)
+            has = reader.has_tensor
+            self.step = int(reader.get_tensor(STEP_KEY)) if has(STEP_KEY) else None
+            self.training_json = (reader.get_tensor(TRAINING_KEY).decode()
+                                  if has(TRAINING_KEY) else '')
+        except (tf.errors.OpError, ValueError, KeyError, TypeError) as e:
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError('%s: not a readable checkpoint of this trainer (%s)'
+                            % (prefix, message)) from None
+
+    def check_matches(self, wanted, flag_names=None):
+        """Raises UserError naming both architectures if `wanted` differs from the saved one.
+
+        flag_names limits the comparison to fields the user set explicitly (the
+        evaluator takes the rest from the checkpoint); None compares every field.
+        """
+        fields = [f for f in vars(wanted) if flag_names is None or f in flag_names]
+        if all(getattr(wanted, f) == getattr(self.config, f) for f in fields):
+            return
+        ask = ', '.join('%s=%s' % (f, getattr(wanted, f)) for f in fields)
+        has = ', '.join('%s=%s' % (f, getattr(self.config, f)) for f in fields)
+        raise UserError('%s is a %s checkpoint (%s), but the flags ask for %s (%s)'
+                        % (self.prefix, self.config.describe(), has, wanted.describe(), ask))
+
+
+def restore(checkpoint, prefix):
+    """Restores every variable of `checkpoint` from `prefix`; all must be found."""
+    try:
+        status = checkpoint.restore(prefix)
+        status.assert_existing_objects_matched()
+        status.expect_partial()      # the evaluator does not restore optimizer slots
+    except (tf.errors.OpError, AssertionError, ValueError) as e:
+        raise UserError('%s: could not be restored (%s)'
+                        % (prefix, str(e).strip().splitlines()[0])) from None
+    return status

@@ -1,0 +1,198 @@
+"""CIFAR-10 binary records: file checks, decoding, and the tf.data pipelines.
+
+The official binary layout (https://www.cs.toronto.edu/~kriz/cifar.html): each
+record is 1 label byte followed by 3072 pixel bytes, channel-major (1024 red,
+1024 green, 1024 blue, each a 32x32 row-major plane).
+
+The training set (150 MB as uint8) is read once through tf.data and held in
+memory; every batch is then drawn and augmented in one vectorised step. The
+order of every epoch and the augmentation of every batch are pure functions of
+(seed, step), so a run resumed at step k sees exactly the batches it would have
+seen without the interruption.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from v2.errors import UserError
+
+IMAGE_SIZE = 32
+CHANNELS = 3
+IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE * CHANNELS
+LABEL_BYTES = 1
+RECORD_BYTES = LABEL_BYTES + IMAGE_BYTES
+NUM_CLASSES = 10
+TRAIN_FILES = tuple('data_batch_%d.bin' % i for i in range(1, 6))
+TEST_FILES = ('test_batch.bin',)
+CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer',
+               'dog', 'frog', 'horse', 'ship', 'truck')
+# He et al. 2015, section 4.2: "4 pixels are padded on each side, and a 32x32
+# crop is randomly sampled from the padded image or its horizontal flip".
+PAD = 4
+
+GET_DATA_HINT = ('download the CIFAR-10 binary version (cifar-10-binary.tar.gz) from '
+                 'https://www.cs.toronto.edu/~kriz/cifar.html and extract it')
+
+
+def check_files(data_path, names):
+    """Checks that every named file exists, is readable and holds whole records.
+
+    Returns the full paths. Raises UserError naming the first bad file and what is
+    wrong with it, before anything is trained or written. Labels are checked after
+    reading, by check_labels.
+    """
+    if not os.path.exists(data_path):
+        raise UserError('--data_path=%s: no such folder; %s' % (data_path, GET_DATA_HINT))
+    if not os.path.isdir(data_path):
+        raise UserError('--data_path=%s is a file; it must be the folder holding %s'
+                        % (data_path, ', '.join(names)))
+    missing = [n for n in names if not os.path.exists(os.path.join(data_path, n))]
+    if missing:
+        raise UserError('--data_path=%s: missing %s; %s'
+                        % (data_path, ', '.join(missing), GET_DATA_HINT))
+    paths = [os.path.join(data_path, name) for name in names]
+    for path in paths:
+        try:
+            with open(path, 'rb'):
+                pass
+        except OSError as e:
+            raise UserError('%s: cannot be read (%s)' % (path, e.strerror or e)) from None
+        check_size(os.path.getsize(path), path)
+    return paths
+
+
+def check_size(num_bytes, where):
+    """Raises UserError unless num_bytes is a positive whole number of records."""
+    if num_bytes == 0:
+        raise UserError('%s: the file is empty' % where)
+    if num_bytes % RECORD_BYTES:
+        raise UserError('%s: %d bytes is not a multiple of the %d-byte record'
+                        % (where, num_bytes, RECORD_BYTES))
+
+
+def check_labels(labels, where, num_classes=NUM_CLASSES):
+    """Raises UserError naming the first record whose label is not a class index."""
+    labels = np.asarray(labels)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise UserError('%s: record %d has label %d; labels must be 0-%d'
+                        % (where, bad[0], labels[bad[0]], num_classes - 1))
+
+
+def decode_records(raw):
+    """Decodes a batch of raw record strings into (uint8 NHWC images, int32 labels)."""
+    record = tf.io.decode_raw(raw, tf.uint8)                      # [B, 3073]
+    labels = tf.cast(record[:, 0], tf.int32)
+    planes = tf.reshape(record[:, LABEL_BYTES:], [-1, CHANNELS, IMAGE_SIZE, IMAGE_SIZE])
+    return tf.transpose(planes, [0, 2, 3, 1]), labels              # CHW -> HWC
+
+
+def read_records(paths, chunk=10000):
+    """Reads whole record files through tf.data into two in-memory tensors.
+
+    Returns (images uint8 [N, 32, 32, 3], labels int32 [N]) in file order.
+    """
+    dataset = (tf.data.FixedLengthRecordDataset(list(paths), RECORD_BYTES)
+               .batch(chunk)
+               .map(decode_records, num_parallel_calls=tf.data.AUTOTUNE))
+    parts = list(dataset)
+    return (tf.concat([images for images, _ in parts], 0),
+            tf.concat([labels for _, labels in parts], 0))
+
+
+def load(data_path, names, num_classes=NUM_CLASSES):
+    """Checks the named files of `data_path`, reads them and checks their labels.
+
+    Returns (images uint8 [N, 32, 32, 3], labels int32 [N]); see read_records.
+    """
+    paths = check_files(data_path, names)
+    images, labels = read_records(paths)
+    start = 0
+    for path in paths:
+        count = os.path.getsize(path) // RECORD_BYTES
+        check_labels(labels[start:start + count], path, num_classes)
+        start += count
+    return images, labels
+
+
+def pixel_mean(images):
+    """Per-pixel mean [32, 32, 3] of uint8 images, as subtracted in He et al. 2015."""
+    return tf.reduce_mean(tf.cast(images, tf.float64), axis=0).numpy().astype(np.float32)
+
+
+def normalize(images, mean):
+    """uint8 images -> float32 with the per-pixel training-set mean subtracted."""
+    return tf.cast(images, tf.float32) - mean
+
+
+def augment(images, seed):
+    """Pads 4 zero pixels, crops a random 32x32 window and flips half at random.
+
+    `images` is a normalised float batch [B, 32, 32, 3], so the zero padding is the
+    mean pixel. The crop and flip are two batched gathers; `seed` is a stateless
+    RNG key [2], so the same key always gives the same augmentation.
+    """
+    batch = tf.shape(images)[0]
+    crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    offsets = tf.random.stateless_uniform([batch, 2], crop_key, minval=0, maxval=2 * PAD + 1,
+                                          dtype=tf.int32)
+    flip = tf.random.stateless_uniform([batch, 1], flip_key, minval=0, maxval=2,
+                                       dtype=tf.int32) > 0
+    padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]])
+    span = tf.range(IMAGE_SIZE)
+    rows = offsets[:, :1] + span                                               # [B, 32]
+    cols = offsets[:, 1:] + tf.where(flip, IMAGE_SIZE - 1 - span, span)       # [B, 32]
+    cropped = tf.gather(padded, rows, axis=1, batch_dims=1)                    # [B, 32, 40, C]
+    return tf.gather(cropped, cols, axis=2, batch_dims=1)                      # [B, 32, 32, C]
+
+
+def epoch_order(num_examples, seed, epoch):
+    """The shuffled example order of one epoch: a pure function of (seed, epoch)."""
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(num_examples), seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
+
+
+def train_batches(images, labels, mean, batch_size, seed, start_step, num_steps):
+    """Augmented training batches for steps start_step .. num_steps-1.
+
+    Each epoch is a fresh shuffle of the whole set, cut into whole batches (the
+    remainder of an epoch is dropped, as every step needs a full batch); the
+    batch of step s is the same however the run was interrupted and resumed.
+    Yields (float32 images [B, 32, 32, 3], int32 labels [B]).
+    """
+    num_examples = int(images.shape[0])
+    steps_per_epoch = num_examples // batch_size
+    if steps_per_epoch == 0:
+        raise UserError('--batch_size=%d is larger than the %d training images'
+                        % (batch_size, num_examples))
+    first_epoch = start_step // steps_per_epoch
+    last_epoch = (max(num_steps, 1) - 1) // steps_per_epoch + 1
+    mean = tf.constant(mean)
+
+    def epoch_batches(epoch):
+        order = epoch_order(num_examples, seed, epoch)[:steps_per_epoch * batch_size]
+        return tf.data.Dataset.from_tensor_slices(tf.reshape(order, [steps_per_epoch, batch_size]))
+
+    def make_batch(step, indices):
+        key = tf.stack([tf.cast(seed, tf.int64), step])
+        batch = augment(normalize(tf.gather(images, indices), mean), key)
+        return batch, tf.gather(labels, indices)
+
+    indices = (tf.data.Dataset.range(first_epoch, last_epoch)
+               .flat_map(epoch_batches)
+               .skip(start_step - first_epoch * steps_per_epoch))
+    steps = tf.data.Dataset.range(start_step, num_steps)
+    return (tf.data.Dataset.zip((steps, indices))
+            .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def eval_batches(images, labels, mean, batch_size):
+    """The whole evaluation set in order, in batches of at most batch_size."""
+    mean = tf.constant(mean)
+    return (tf.data.Dataset.from_tensor_slices((images, labels))
+            .batch(batch_size)
+            .map(lambda x, y: (normalize(x, mean), y), num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))

@@ -1,0 +1,142 @@
+"""Test-set metrics of a model, for one checkpoint or every checkpoint of a folder.
+
+The set is read in batches (never as one 10000-image tensor) through one traced
+function whose batch dimension is free, so the last, smaller batch and every
+further checkpoint re-use the same trace.
+"""
+
+import dataclasses
+import json
+import os
+from typing import List
+
+import numpy as np
+import tensorflow as tf
+
+from v2 import checkpoint, data
+from v2.errors import UserError
+from v2.model import ResNet
+
+
+@dataclasses.dataclass
+class Metrics:
+    """Totals over a whole evaluation set."""
+    num_examples: int
+    cross_entropy: float
+    accuracy: float
+    per_class_accuracy: List[float]
+    confusion: List[List[int]]      # rows: true class, columns: predicted class
+
+    @property
+    def error(self):
+        return 1.0 - self.accuracy
+
+    def to_dict(self):
+        return dict(dataclasses.asdict(self), error=self.error)
+
+
+class Evaluator:
+    """Sums cross-entropy and a confusion matrix over batches with one traced function."""
+
+    def __init__(self, model):
+        self.model = model
+        self.num_classes = model.config.num_classes
+        self._sums = tf.function(self._batch_sums, input_signature=[
+            tf.TensorSpec([None, data.IMAGE_SIZE, data.IMAGE_SIZE, data.CHANNELS], tf.float32),
+            tf.TensorSpec([None], tf.int32)])
+
+    def _batch_sums(self, images, labels):
+        logits = self.model(images, training=False)
+        cross_entropy = tf.reduce_sum(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        confusion = tf.math.confusion_matrix(labels, predictions, self.num_classes,
+                                             dtype=tf.int64)
+        return tf.cast(cross_entropy, tf.float64), confusion
+
+    def __call__(self, batches):
+        cross_entropy = 0.0
+        confusion = np.zeros([self.num_classes, self.num_classes], np.int64)
+        for images, labels in batches:
+            batch_ce, batch_confusion = self._sums(images, labels)
+            cross_entropy += float(batch_ce)
+            confusion += batch_confusion.numpy()
+        total = int(confusion.sum())
+        per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+        return Metrics(num_examples=total,
+                       cross_entropy=cross_entropy / max(total, 1),
+                       accuracy=float(confusion.trace()) / max(total, 1),
+                       per_class_accuracy=[float(a) for a in per_class],
+                       confusion=confusion.tolist())
+
+    @property
+    def traces(self):
+        """How many times the batch function was traced (1 after any number of calls)."""
+        return self._sums.experimental_get_tracing_count()
+
+
+def evaluate_checkpoints(ckpt_path, data_path, wanted_config, explicit_flags,
+                         all_checkpoints=False, batch_size=500, output_json=None, out=print):
+    """Evaluates the checkpoint(s) that ckpt_path names on data_path's test set.
+
+    wanted_config holds the architecture flags; only the names in explicit_flags
+    (those the user set) must match the checkpoint, the rest come from it.
+    Returns a list of (prefix, step, Metrics).
+    """
+    prefixes = checkpoint.find_all(ckpt_path) if all_checkpoints else [checkpoint.find(ckpt_path)]
+    saved = [checkpoint.Saved(p) for p in prefixes]
+    for s in saved:
+        s.check_matches(wanted_config, explicit_flags)
+    architectures = {s.config for s in saved}
+    if len(architectures) > 1:
+        raise UserError('--ckpt_path=%s holds checkpoints of different architectures (%s); '
+                        'evaluate them one at a time'
+                        % (ckpt_path, ', '.join(sorted(c.describe() for c in architectures))))
+    images, labels = data.load(data_path, data.TEST_FILES, saved[0].config.num_classes)
+    if output_json:
+        _check_writable(output_json)
+
+    model = ResNet(saved[0].config)
+    mean = tf.Variable(saved[0].pixel_mean, trainable=False)
+    ckpt = checkpoint.make(model, mean)
+    evaluator = Evaluator(model)
+    results = []
+    for s in saved:
+        checkpoint.restore(ckpt, s.prefix)
+        metrics = evaluator(data.eval_batches(images, labels, mean.numpy(), batch_size))
+        results.append((s.prefix, s.step, metrics))
+
+    out(report(results, saved[0].config))
+    if output_json:
+        with open(output_json, 'w') as f:
+            json.dump({'model': saved[0].config.describe(),
+                       'architecture': json.loads(saved[0].config.to_json()),
+                       'test_files': list(data.TEST_FILES),
+                       'class_names': list(data.CLASS_NAMES),
+                       'checkpoints': [dict(checkpoint=p, step=step, **m.to_dict())
+                                       for p, step, m in results]}, f, indent=1)
+        out('wrote %s' % output_json)
+    return results
+
+
+def report(results, config):
+    """The printed report: per-checkpoint table, then per-class accuracy of the last."""
+    lines = ['%s on %d test images' % (config.describe(), results[-1][2].num_examples),
+             '%10s %14s %10s %8s  %s' % ('step', 'cross-entropy', 'accuracy', 'error',
+                                         'checkpoint')]
+    for prefix, step, m in results:
+        lines.append('%10s %14.4f %9.2f%% %7.2f%%  %s' % (step, m.cross_entropy,
+                                                         100 * m.accuracy, 100 * m.error, prefix))
+    last = results[-1][2]
+    names = data.CLASS_NAMES if config.num_classes == len(data.CLASS_NAMES) else \
+        [str(i) for i in range(config.num_classes)]
+    lines.append('per-class accuracy (%s):' % os.path.basename(results[-1][0]))
+    lines.extend('  %-12s %6.2f%%' % (name, 100 * a)
+                 for name, a in zip(names, last.per_class_accuracy))
+    return '\n'.join(lines)
+
+
+def _check_writable(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError('--output_json=%s: the folder %s does not exist' % (path, folder))

@@ -1,0 +1,43 @@
+"""The learning-rate schedule: piecewise constant, with an optional warm-up.
+
+He et al. 2015, section 4.2: 0.1, divided by 10 at 32k and 48k iterations, stop at
+64k; for ResNet-110, 0.01 for the first 400 iterations "to warm up training".
+"""
+
+import dataclasses
+from typing import Tuple
+
+import tensorflow as tf
+
+from v2.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """values[i] applies from boundaries[i-1] (inclusive) up to boundaries[i]."""
+    boundaries: Tuple[int, ...] = (32000, 48000)
+    values: Tuple[float, ...] = (0.1, 0.01, 0.001)
+    warmup_iterations: int = 0
+    warmup_lr: float = 0.01
+
+    def __post_init__(self):
+        if len(self.values) != len(self.boundaries) + 1:
+            raise UserError('--lr_values needs one value more than --lr_boundaries '
+                            '(got %d values for %d boundaries)'
+                            % (len(self.values), len(self.boundaries)))
+        if any(b <= a for a, b in zip(self.boundaries, self.boundaries[1:])) or \
+                any(b <= 0 for b in self.boundaries):
+            raise UserError('--lr_boundaries=%s must be positive and strictly increasing'
+                            % ','.join(str(b) for b in self.boundaries))
+        if any(v <= 0 for v in self.values):
+            raise UserError('--lr_values=%s must all be positive'
+                            % ','.join(str(v) for v in self.values))
+
+    def __call__(self, step):
+        """The learning rate (float32 tensor) used for the update of iteration `step`."""
+        step = tf.cast(step, tf.int64)
+        index = tf.reduce_sum(tf.cast(step >= tf.constant(self.boundaries, tf.int64), tf.int32))
+        rate = tf.gather(tf.constant(self.values, tf.float32), index)
+        if self.warmup_iterations:
+            rate = tf.where(step < self.warmup_iterations, tf.constant(self.warmup_lr), rate)
+        return rate

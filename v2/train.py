@@ -1,0 +1,265 @@
+"""The training loop: one traced step, checkpoints, TensorBoard summaries, progress.
+
+Recipe of He et al. 2015, section 4.2 (the defaults of the flags): SGD with
+momentum 0.9, weight decay 1e-4, batch 128, learning rate 0.1 divided by 10 at 32k
+and 48k iterations, 64k iterations in all. `num_iterations` is the TOTAL: a run
+restarted with the same --ckpt_path continues from the saved step to that total.
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from v2 import checkpoint, data
+from v2.errors import UserError
+from v2.evaluate import Evaluator
+from v2.model import ResNet, count_parameters
+from v2.optimizer import Momentum
+from v2.schedule import Schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every training setting that is not the architecture (those are in ModelConfig)."""
+    ckpt_path: str
+    log_path: str
+    batch_size: int = 128
+    num_iterations: int = 64000
+    log_per_iterations: int = 100
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: Schedule = Schedule()
+    max_to_keep: int = 5
+    eval_every: int = 0
+    eval_batch_size: int = 500
+    seed: int = 0
+
+    def recipe_json(self):
+        """The settings that shape the result (not where files go), as stored in checkpoints."""
+        recipe = dataclasses.asdict(self)
+        for where in ('ckpt_path', 'log_path', 'log_per_iterations', 'max_to_keep',
+                      'eval_every', 'eval_batch_size'):
+            recipe.pop(where)
+        return json.dumps(recipe, sort_keys=True)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    checkpoint: str            # the last checkpoint written or restored
+    stopped_by: int = 0        # the signal that stopped training early, if any
+    last_metrics: dict = None  # the means of the last logging window
+
+
+def prepare_folder(path, flag):
+    """Creates `path` if needed and checks that files can be written there."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError('--%s=%s is a file; it must be a folder' % (flag, path))
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UserError('--%s=%s: cannot write there (%s)' % (flag, path, e.strerror or e)) from None
+
+
+class StopRequests:
+    """Turns the first SIGINT/SIGTERM into a request to checkpoint and stop.
+
+    A second signal stops at once (KeyboardInterrupt), for a user who cannot wait.
+    """
+
+    def __init__(self, out):
+        self.out = out
+        self.signum = 0
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.out('%s received: saving a checkpoint after this step (send it again to stop '
+                 'at once)' % signal.Signals(signum).name)
+
+    def __enter__(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def make_train_step(model, optimizer, schedule, step, weight_decay):
+    """The traced training step: forward, loss, gradients, update, step += 1.
+
+    The loss is the mean cross-entropy plus weight_decay * sum(||w||^2) / 2 over the
+    conv and linear kernels (L2 weight decay; BN scale/offset and the bias are not
+    decayed). Returns the step's metrics as scalar tensors.
+    """
+    variables = model.trainable_variables
+    decayed = model.decayed_weights
+
+    @tf.function(jit_compile=False)
+    def train_step(images, labels):
+        learning_rate = schedule(step)
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            cross_entropy = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+            l2 = weight_decay * tf.add_n([tf.nn.l2_loss(w) for w in decayed])
+            loss = cross_entropy + l2
+        optimizer.apply(tape.gradient(loss, variables), variables, learning_rate)
+        step.assign_add(1)
+        correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
+        return dict(loss=loss, cross_entropy=cross_entropy, l2_loss=l2,
+                    accuracy=tf.reduce_mean(tf.cast(correct, tf.float32)),
+                    learning_rate=learning_rate)
+
+    return train_step
+
+
+def format_duration(seconds):
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return '%dh%02dm' % (seconds // 3600, seconds % 3600 // 60)
+    return '%dm%02ds' % (seconds // 60, seconds % 60)
+
+
+def load_training_data(model_config, config, data_path):
+    """The checked training set, which must hold at least one batch."""
+    images, labels = data.load(data_path, data.TRAIN_FILES, model_config.num_classes)
+    if config.batch_size > images.shape[0]:
+        raise UserError('--batch_size=%d is larger than the %d training images in %s'
+                        % (config.batch_size, images.shape[0], data_path))
+    return images, labels
+
+
+def dry_run(model_config, config, data_path, out=print):
+    """Checks the data and builds the input pipeline without training; prints what it found."""
+    images, labels = load_training_data(model_config, config, data_path)
+    batches = data.train_batches(images, labels, data.pixel_mean(images), config.batch_size,
+                                 config.seed, 0, config.num_iterations)
+    batch_images, _ = next(iter(batches))
+    out('input pipeline: %d training images in %s, %d steps per epoch, batches of %s; '
+        'dry run: nothing trained or written'
+        % (images.shape[0], data_path, images.shape[0] // config.batch_size,
+           'x'.join(str(d) for d in batch_images.shape)))
+
+
+def train(model_config, config, data_path, out=print):
+    """Trains (or resumes training) to config.num_iterations; returns a TrainResult.
+
+    Everything that can be checked is checked before the first step: the data
+    files, the folders, and that a checkpoint already in ckpt_path has this
+    architecture.
+    """
+    images, labels = load_training_data(model_config, config, data_path)
+    test = (data.load(data_path, data.TEST_FILES, model_config.num_classes)
+            if config.eval_every else None)
+    prepare_folder(config.ckpt_path, 'ckpt_path')
+    prepare_folder(config.log_path, 'log_path')
+    latest = tf.train.latest_checkpoint(config.ckpt_path)
+    saved = checkpoint.Saved(latest) if latest else None
+    if saved:
+        saved.check_matches(model_config)
+
+    model = ResNet(model_config, seed=config.seed)
+    optimizer = Momentum(model.trainable_variables, config.momentum)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
+    mean = tf.Variable(data.pixel_mean(images), trainable=False)
+    ckpt = checkpoint.make(model, mean, step, optimizer, config.recipe_json())
+    manager = tf.train.CheckpointManager(ckpt, config.ckpt_path, max_to_keep=config.max_to_keep)
+    if saved:
+        checkpoint.restore(ckpt, latest)
+        if saved.training_json and saved.training_json != config.recipe_json():
+            out('note: resuming with training flags that differ from the checkpoint\'s: %s'
+                % _recipe_changes(saved.training_json, config.recipe_json()))
+    start = int(step.numpy())
+    out('%s: %s trainable parameters; %d training images, batch %d; %s'
+        % (model_config.describe(), format(count_parameters(model), ','), images.shape[0],
+           config.batch_size,
+           'resuming at step %d from %s' % (start, latest) if saved else 'starting at step 0'))
+    if start >= config.num_iterations:
+        out('step %d already reaches --num_iterations=%d: nothing to train'
+            % (start, config.num_iterations))
+        return TrainResult(step=start, checkpoint=latest)
+
+    train_step = make_train_step(model, optimizer, config.schedule, step, config.weight_decay)
+    batches = data.train_batches(images, labels, mean.numpy(), config.batch_size, config.seed,
+                                 start, config.num_iterations)
+    evaluator = Evaluator(model) if test else None
+    writer = tf.summary.create_file_writer(os.path.join(config.log_path, 'train'))
+    eval_writer = (tf.summary.create_file_writer(os.path.join(config.log_path, 'eval'))
+                   if test else None)
+    out('checkpoints: %s   TensorBoard: tensorboard --logdir=%s'
+        % (config.ckpt_path, config.log_path))
+
+    result = TrainResult(step=start, checkpoint=latest)
+    window = []
+    window_start = time.perf_counter()
+    rate = None
+    with StopRequests(out) as stop:
+        for current, (batch_images, batch_labels) in enumerate(batches, start + 1):
+            window.append(train_step(batch_images, batch_labels))
+            last = current == config.num_iterations
+            if current % config.log_per_iterations == 0 or last or stop.signum:
+                means = _window_means(window, current)
+                now = time.perf_counter()
+                rate = len(window) * config.batch_size / (now - window_start)
+                window, window_start = [], now
+                _write_summaries(writer, means, rate, current)
+                out('step %d/%d  loss %.4f  accuracy %.3f  lr %g  %.0f img/s  left %s'
+                    % (current, config.num_iterations, means['loss'], means['accuracy'],
+                       means['learning_rate'], rate,
+                       format_duration((config.num_iterations - current)
+                                       * config.batch_size / rate)))
+                result.checkpoint = manager.save(checkpoint_number=current)
+                result.last_metrics = means
+            if evaluator and (current % config.eval_every == 0 or last):
+                metrics = evaluator(data.eval_batches(*test, mean.numpy(),
+                                                      config.eval_batch_size))
+                with eval_writer.as_default(step=current):
+                    tf.summary.scalar('cross_entropy', metrics.cross_entropy)
+                    tf.summary.scalar('accuracy', metrics.accuracy)
+                out('step %d: test cross-entropy %.4f  accuracy %.2f%%'
+                    % (current, metrics.cross_entropy, 100 * metrics.accuracy))
+            result.step = current
+            if stop.signum:
+                result.stopped_by = stop.signum
+                out('stopped at step %d; checkpoint %s; run the same command to resume'
+                    % (current, result.checkpoint))
+                break
+    writer.flush()
+    return result
+
+
+def _window_means(window, current):
+    """Means of the window's step metrics; stops the run on a non-finite loss."""
+    values = {k: np.array([float(m[k]) for m in window]) for k in window[0]}
+    if not np.all(np.isfinite(values['loss'])):
+        first = current - len(window) + 1 + int(np.argmin(np.isfinite(values['loss'])))
+        raise UserError('the loss became %s at step %d; stopped without saving, so the last '
+                        'checkpoint is the last good one (try a lower --lr_values)'
+                        % (values['loss'][first - (current - len(window) + 1)], first))
+    return {k: float(v.mean()) for k, v in values.items()}
+
+
+def _write_summaries(writer, means, rate, current):
+    with writer.as_default(step=current):
+        for name, value in means.items():
+            tf.summary.scalar(name, value)
+        tf.summary.scalar('images_per_second', rate)
+
+
+def _recipe_changes(before, after):
+    before, after = json.loads(before), json.loads(after)
+    return ', '.join('%s %s -> %s' % (k, before.get(k), after.get(k))
+                     for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k))
