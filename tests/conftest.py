@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The partial real CIFAR-10 set lives beside the checkout (see README, "Tests").

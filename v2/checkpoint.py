@@ -7,6 +7,7 @@ nothing else, and a checkpoint of another architecture is refused before any
 variable is restored, never half-loaded.
 """
 
+import dataclasses
 import os
 
 import tensorflow as tf
@@ -79,7 +80,7 @@ class Saved:
             self.step = int(reader.get_tensor(STEP_KEY)) if has(STEP_KEY) else None
             self.training_json = (reader.get_tensor(TRAINING_KEY).decode()
                                   if has(TRAINING_KEY) else '')
-        except (tf.errors.OpError, ValueError, KeyError, TypeError) as e:
+        except Exception as e:       # the reader raises IndexError, OpError, ... on bad files
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError('%s: not a readable checkpoint of this trainer (%s)'
                             % (prefix, message)) from None
@@ -90,11 +91,14 @@ class Saved:
         flag_names limits the comparison to fields the user set explicitly (the
         evaluator takes the rest from the checkpoint); None compares every field.
         """
-        fields = [f for f in vars(wanted) if flag_names is None or f in flag_names]
-        if all(getattr(wanted, f) == getattr(self.config, f) for f in fields):
+        fields = [f.name for f in dataclasses.fields(wanted)
+                  if flag_names is None or f.name in flag_names]
+        wanted = dataclasses.replace(self.config, **{f: getattr(wanted, f) for f in fields})
+        if wanted == self.config:
             return
-        ask = ', '.join('%s=%s' % (f, getattr(wanted, f)) for f in fields)
-        has = ', '.join('%s=%s' % (f, getattr(self.config, f)) for f in fields)
+        differ = [f for f in fields if getattr(wanted, f) != getattr(self.config, f)]
+        ask = ', '.join('%s=%s' % (f, getattr(wanted, f)) for f in differ)
+        has = ', '.join('%s=%s' % (f, getattr(self.config, f)) for f in differ)
         raise UserError('%s is a %s checkpoint (%s), but the flags ask for %s (%s)'
                         % (self.prefix, self.config.describe(), has, wanted.describe(), ask))
 
@@ -105,7 +109,7 @@ def restore(checkpoint, prefix):
         status = checkpoint.restore(prefix)
         status.assert_existing_objects_matched()
         status.expect_partial()      # the evaluator does not restore optimizer slots
-    except (tf.errors.OpError, AssertionError, ValueError) as e:
+    except Exception as e:           # a damaged data file fails in several ways
         raise UserError('%s: could not be restored (%s)'
                         % (prefix, str(e).strip().splitlines()[0])) from None
     return status
