@@ -3,8 +3,8 @@
   python run_evaluator.py --data_path=cifar-10-batches-bin --ckpt_path=runs/resnet110
 
 --ckpt_path is a checkpoint prefix or a folder (its latest checkpoint, or every
-one with --all_checkpoints). The architecture comes from the checkpoint; an
-architecture flag given explicitly must match it.
+one with --all_checkpoints). The architecture and the data set come from the
+checkpoint; an architecture flag given explicitly must match it.
 """
 
 from absl import flags
@@ -25,9 +25,9 @@ def main(argv):
         raise UserError('unexpected arguments: %s (flags are written --name=value)'
                         % ' '.join(argv[1:]))
     evaluate.evaluate_checkpoints(
-        FLAGS.ckpt_path, FLAGS.data_path, options.model_config(),
-        options.explicit_architecture_flags(), all_checkpoints=FLAGS.all_checkpoints,
-        batch_size=FLAGS.eval_batch_size, output_json=FLAGS.output_json)
+        FLAGS.ckpt_path, FLAGS.data_path, options.explicit_architecture(),
+        all_checkpoints=FLAGS.all_checkpoints, batch_size=FLAGS.eval_batch_size,
+        output_json=FLAGS.output_json)
     return 0
 
 

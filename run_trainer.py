@@ -1,6 +1,7 @@
-"""Trains a pre-activation ResNet (or plain net) on the CIFAR-10 binary files.
+"""Trains a CIFAR ResNet, wide ResNet, VGG or plain net on the CIFAR binary files.
 
   python run_trainer.py --data_path=cifar-10-batches-bin --num_layers=110
+  python run_trainer.py --flagfile=configs/wrn_28_10.flags
 
 Restarting with the same --ckpt_path resumes where the run stopped; Ctrl-C or
 SIGTERM saves a checkpoint first. All logic lives in the v2 package.
@@ -15,7 +16,7 @@ from v2.errors import UserError
 
 flags.DEFINE_string('ckpt_path', None,
                     'Checkpoint folder; resumes from its latest checkpoint. '
-                    'Default: runs/<model>, e.g. runs/resnet110 or runs/plain56.')
+                    'Default: runs/<model>, e.g. runs/resnet110, runs/plain-net56, runs/wrn-28-10.')
 flags.DEFINE_string('log_path', None, 'TensorBoard folder. Default: <ckpt_path>/logs.')
 flags.DEFINE_integer('batch_size', 128, 'Images per training step.', lower_bound=1)
 flags.DEFINE_integer('num_iterations', 64000, 'TOTAL training steps (not "more steps").',
@@ -25,6 +26,7 @@ flags.DEFINE_integer('log_per_iterations', 100, 'Print, summarise and checkpoint
 flags.DEFINE_float('weight_decay', 1e-4, 'L2 weight decay on the conv and linear kernels.',
                    lower_bound=0.0)
 flags.DEFINE_float('momentum', 0.9, 'SGD momentum.', lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_boolean('nesterov', False, 'Nesterov momentum (Zagoruyko & Komodakis 2016).')
 flags.DEFINE_list('lr_values', ['0.1', '0.01', '0.001'], 'Learning rates, one more than boundaries.')
 flags.DEFINE_list('lr_boundaries', ['32000', '48000'], 'Steps at which the next rate starts.')
 flags.DEFINE_integer('warmup_iterations', 0,
@@ -54,8 +56,7 @@ def main(argv):
         raise UserError('unexpected arguments: %s (flags are written --name=value)'
                         % ' '.join(argv[1:]))
     model_config = options.model_config()
-    name = ('resnet' if model_config.shortcut_connections else 'plain') + str(FLAGS.num_layers)
-    ckpt_path = FLAGS.ckpt_path or 'runs/' + name
+    ckpt_path = FLAGS.ckpt_path or 'runs/' + model_config.slug()
     config = train.TrainConfig(
         ckpt_path=ckpt_path,
         log_path=FLAGS.log_path or ckpt_path + '/logs',
@@ -64,6 +65,7 @@ def main(argv):
         log_per_iterations=FLAGS.log_per_iterations,
         weight_decay=FLAGS.weight_decay,
         momentum=FLAGS.momentum,
+        nesterov=FLAGS.nesterov,
         schedule=schedule.Schedule(boundaries=_numbers('lr_boundaries', int),
                                    values=_numbers('lr_values', float),
                                    warmup_iterations=FLAGS.warmup_iterations,
@@ -72,11 +74,12 @@ def main(argv):
         eval_every=FLAGS.eval_every,
         eval_batch_size=FLAGS.eval_batch_size,
         seed=FLAGS.seed)
+    data_path = options.data_path(model_config)
     if FLAGS.dry_run:
-        print(model.summary(model.ResNet(model_config)))
-        train.dry_run(model_config, config, FLAGS.data_path)
+        print(model.summary(model.build(model_config)))
+        train.dry_run(model_config, config, data_path)
         return 0
-    result = train.train(model_config, config, FLAGS.data_path)
+    result = train.train(model_config, config, data_path)
     if result.stopped_by:
         sys.exit(128 + result.stopped_by)
     return 0

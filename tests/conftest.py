@@ -8,6 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+# Quiet TensorFlow in this process; the scripts run below quiet themselves (v2/__init__.py).
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The partial real CIFAR-10 set lives beside the checkout (see README, "Tests").
@@ -50,7 +53,8 @@ def real_data():
 
 def run_script(script, *args, timeout=300):
     """Runs run_trainer.py or run_evaluator.py as a user would; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT,
+    env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -71,6 +71,14 @@ def test_dry_run_prints_the_architecture_and_writes_nothing(trained):
     assert not (trained / 'dry').exists()
 
 
+def test_dry_run_of_a_wide_resnet_from_the_flags(trained):
+    run = run_script('run_trainer.py', '--data_path=%s' % (trained / 'data'), '--batch_size=8',
+                     '--model=wide_resnet', '--num_layers=28', '--widen_factor=10', '--dry_run')
+    assert run.returncode == 0, run.stderr
+    assert 'WRN-28-10, 10 classes, option B shortcuts' in run.stdout
+    assert 'trainable parameters: 36,479,194' in run.stdout
+
+
 def _damage(data, name, how):
     path = data / name
     if how == 'missing':
@@ -88,7 +96,7 @@ def _damage(data, name, how):
 # (script, extra flags, damage to the data, exit status, what the one line must say)
 BAD_INPUTS = {
     'no data folder': ('run_trainer.py', ['--data_path={root}/nowhere'], None, 1,
-                       'no such folder; download the CIFAR-10 binary version'),
+                       'no such folder; download the binary version (cifar-10-binary.tar.gz)'),
     'data path is a file': ('run_trainer.py', ['--data_path={data}/test_batch.bin'], None, 1,
                             'is a file; it must be the folder'),
     'a batch file missing': ('run_trainer.py', [], ('data_batch_2.bin', 'missing'), 1,
@@ -99,8 +107,25 @@ BAD_INPUTS = {
                        'data_batch_1.bin: 48168 bytes is not a multiple of the 3073-byte record'),
     'label out of range': ('run_trainer.py', [], ('data_batch_5.bin', 'label'), 1,
                            'data_batch_5.bin: record 3 has label 12; labels must be 0-9'),
-    'depth not 6n+2': ('run_trainer.py', ['--num_layers=21'], None, 2,
+    'depth not 6n+2': ('run_trainer.py', ['--num_layers=21'], None, 1,
                        '--num_layers=21: the depth must be 6n+2'),
+    'bottleneck depth not 9n+2': ('run_trainer.py', ['--num_layers=21', '--bottleneck'], None, 1,
+                                  '--num_layers=21: a bottleneck ResNet has depth 9n+2'),
+    'vgg of a depth VGG lacks': ('run_trainer.py', ['--model=vgg', '--num_layers=15'], None, 1,
+                                 '--num_layers=15: VGG comes in depths 11, 13, 16, 19'),
+    'bottleneck flag for vgg': ('run_trainer.py', ['--model=vgg', '--num_layers=11',
+                                                   '--bottleneck'], None, 1,
+                                '--bottleneck does not apply to --model=vgg'),
+    'shortcut type for a plain net': ('run_trainer.py', ['--shortcut_type=B',
+                                                         '--shortcut_connections=false'], None, 1,
+                                      '--shortcut_type=B makes no sense with'),
+    'coarse labels of CIFAR-10': ('run_trainer.py', ['--coarse_labels'], None, 1,
+                                  '--coarse_labels applies to --dataset=cifar100 only'),
+    'unknown model': ('run_trainer.py', ['--model=densenet'], None, 2,
+                      'flag --model=densenet: value should be one of'),
+    'missing CIFAR-100 files': ('run_trainer.py', ['--dataset=cifar100'], None, 1,
+                                'missing train.bin; download the binary version '
+                                '(cifar-100-binary.tar.gz)'),
     'zero batch': ('run_trainer.py', ['--batch_size=0'], None, 2, '--batch_size=0'),
     'negative batch': ('run_trainer.py', ['--batch_size=-5'], None, 2, '--batch_size=-5'),
     'batch larger than the data': ('run_trainer.py', ['--batch_size=500'], None, 1,
@@ -126,6 +151,8 @@ BAD_INPUTS = {
     'evaluate a plain net from a residual checkpoint': (
         'run_evaluator.py', ['--shortcut_connections=false'], None, 1,
         'but the flags ask for plain-8 (shortcut_connections=False)'),
+    'evaluate as another family': ('run_evaluator.py', ['--model=vgg', '--num_layers=11'], None,
+                                   1, 'is a ResNet-8 checkpoint (model=resnet, num_layers=8'),
     'evaluate a missing checkpoint': ('run_evaluator.py', ['--ckpt_path={ckpt}/ckpt-99'], None, 1,
                                       'no such checkpoint or folder'),
     'evaluator without --ckpt_path': ('run_evaluator.py', ['--ckpt_path='], None, 1,

@@ -23,6 +23,37 @@ def test_decode_hand_written_record():
     assert (img[..., 1] == 100).all() and (img[..., 2] == 200).all()
 
 
+def _cifar100_record(coarse, fine, red=10, green=20, blue=30):
+    return bytes([coarse, fine]) + bytes([red] * 1024) + bytes([green] * 1024) + \
+        bytes([blue] * 1024)
+
+
+@pytest.mark.parametrize('labels, index', [('fine', 1), ('coarse', 0)])
+def test_decode_hand_written_cifar100_records(labels, index):
+    spec = data.DATASETS['cifar100' if labels == 'fine' else 'cifar100_coarse']
+    assert spec.record_bytes == 3074 and spec.label_index == index
+    raw = [_cifar100_record(3, 42), _cifar100_record(19, 99, red=7)]
+    images, got = data.decode_records(tf.constant(raw), spec)
+    assert got.numpy().tolist() == ([42, 99] if labels == 'fine' else [3, 19])
+    assert images.numpy()[0, 5, 7].tolist() == [10, 20, 30]
+    assert images.numpy()[1, 0, 0, 0] == 7
+
+
+def test_cifar100_files_are_checked_with_their_own_record_size(tmp_path):
+    spec = data.DATASETS['cifar100']
+    (tmp_path / 'train.bin').write_bytes(_cifar100_record(1, 2) * 3)
+    (tmp_path / 'test.bin').write_bytes(_cifar100_record(1, 100))
+    images, labels = data.load_split(str(tmp_path), spec, 'train')
+    assert images.shape == (3, 32, 32, 3) and labels.numpy().tolist() == [2, 2, 2]
+    with pytest.raises(UserError, match='test.bin: record 0 has label 100; labels must be 0-99'):
+        data.load_split(str(tmp_path), spec, 'test')
+    (tmp_path / 'test.bin').write_bytes(_cifar100_record(1, 2) + b'x' * 3073)
+    with pytest.raises(UserError, match='6147 bytes is not a multiple of the 3074-byte record'):
+        data.load_split(str(tmp_path), spec, 'test')
+    with pytest.raises(UserError, match='cifar-100-binary.tar.gz'):
+        data.load_split(str(tmp_path / 'nowhere'), spec, 'test')
+
+
 def test_read_records_keeps_file_order(tmp_path):
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
@@ -43,7 +74,7 @@ def test_read_records_keeps_file_order(tmp_path):
 def test_bad_training_file_is_named(tiny_data, damage, message):
     damage(tiny_data / 'data_batch_3.bin')
     with pytest.raises(UserError, match=message):
-        data.load(str(tiny_data), data.TRAIN_FILES)
+        data.load_split(str(tiny_data), data.CIFAR10, 'train')
 
 
 def test_label_out_of_range_names_file_and_record(tiny_data):
@@ -51,15 +82,15 @@ def test_label_out_of_range_names_file_and_record(tiny_data):
     raw[5 * data.RECORD_BYTES] = 10
     (tiny_data / 'test_batch.bin').write_bytes(bytes(raw))
     with pytest.raises(UserError, match=r'test_batch.bin: record 5 has label 10; labels must be 0-9'):
-        data.load(str(tiny_data), data.TEST_FILES)
+        data.load_split(str(tiny_data), data.CIFAR10, 'test')
 
 
 def test_data_path_must_be_an_existing_folder(tmp_path):
     with pytest.raises(UserError, match='no such folder; download'):
-        data.check_files(str(tmp_path / 'nowhere'), data.TRAIN_FILES)
+        data.check_files(str(tmp_path / 'nowhere'), data.CIFAR10.train_files)
     (tmp_path / 'file').write_bytes(b'x')
     with pytest.raises(UserError, match='is a file'):
-        data.check_files(str(tmp_path / 'file'), data.TRAIN_FILES)
+        data.check_files(str(tmp_path / 'file'), data.CIFAR10.train_files)
 
 
 def test_pixel_mean_is_the_per_pixel_mean():
@@ -125,7 +156,7 @@ def test_batch_larger_than_the_data_set_is_refused():
 
 def test_eval_batches_cover_the_set_in_order(tmp_path):
     folder = write_cifar(tmp_path, test_records=23)
-    images, labels = data.load(str(folder), data.TEST_FILES)
+    images, labels = data.load_split(str(folder), data.CIFAR10, 'test')
     mean = data.pixel_mean(images)
     batches = list(data.eval_batches(images, labels, mean, batch_size=10))
     assert [y.shape[0] for _, y in batches] == [10, 10, 3]

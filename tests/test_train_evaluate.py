@@ -68,8 +68,8 @@ def test_resume_with_another_architecture_is_refused_and_nothing_is_touched(tiny
     train.train(TINY, config(tmp_path), str(tiny_data), out=lambda s: None)
     before = folder_state(tmp_path / 'ckpt')
     with pytest.raises(UserError, match=r'ResNet-8 checkpoint .* flags ask for plain-8'):
-        train.train(ModelConfig(8, shortcut_connections=False), config(tmp_path, num_iterations=9),
-                    str(tiny_data), out=lambda s: None)
+        train.train(ModelConfig(num_layers=8, shortcut_connections=False),
+                    config(tmp_path, num_iterations=9), str(tiny_data), out=lambda s: None)
     assert folder_state(tmp_path / 'ckpt') == before
 
 
@@ -94,7 +94,7 @@ def test_evaluate_every_checkpoint_of_a_folder(tiny_data, tmp_path):
     lines = []
     out_json = tmp_path / 'eval.json'
     results = evaluate.evaluate_checkpoints(
-        str(tmp_path / 'ckpt'), str(tiny_data), ModelConfig(110), set(), all_checkpoints=True,
+        str(tmp_path / 'ckpt'), str(tiny_data), {}, all_checkpoints=True,
         batch_size=10, output_json=str(out_json), out=lines.append)
     assert [step for _, step, _ in results] == [3, 6]
     for _, _, metrics in results:
@@ -117,7 +117,7 @@ def test_evaluation_reuses_one_trace_across_batches_and_checkpoints(tiny_data, t
         return original(self, batches)
     evaluate.Evaluator.__call__ = spy
     try:
-        evaluate.evaluate_checkpoints(str(tmp_path / 'ckpt'), str(tiny_data), TINY, set(),
+        evaluate.evaluate_checkpoints(str(tmp_path / 'ckpt'), str(tiny_data), {},
                                       all_checkpoints=True, batch_size=7, out=lambda s: None)
     finally:
         evaluate.Evaluator.__call__ = original
@@ -129,8 +129,44 @@ def test_evaluation_refuses_an_explicit_architecture_that_differs(tiny_data, tmp
     train.train(TINY, config(tmp_path), str(tiny_data), out=lambda s: None)
     with pytest.raises(UserError, match=r'ResNet-8 checkpoint \(num_layers=8\), but the flags '
                                         r'ask for ResNet-20 \(num_layers=20\)'):
-        evaluate.evaluate_checkpoints(str(tmp_path / 'ckpt'), str(tiny_data), ModelConfig(20),
-                                      {'num_layers'}, out=lambda s: None)
+        evaluate.evaluate_checkpoints(str(tmp_path / 'ckpt'), str(tiny_data),
+                                      {'num_layers': 20}, out=lambda s: None)
+
+
+KINDS = [ModelConfig(num_layers=8, resnet_version=1),
+         ModelConfig(num_layers=11, bottleneck=True),
+         ModelConfig(num_layers=11, bottleneck=True, resnet_version=1, shortcut_type='C'),
+         ModelConfig(num_layers=8, shortcut_type='A_subsample', shortcut_connections=True),
+         ModelConfig(num_layers=11, bottleneck=True, shortcut_connections=False),
+         ModelConfig('wide_resnet', 10, widen_factor=2, dropout_rate=0.3),
+         ModelConfig('vgg', 11),
+         ModelConfig('imagenet_resnet', 18, resnet_version=2)]
+
+
+@pytest.mark.parametrize('kind', KINDS, ids=[k.slug() + '-' + str(k.shortcut_type) for k in KINDS])
+def test_a_few_steps_of_every_kind_train_and_evaluate(tiny_data, tmp_path, kind):
+    result = train.train(kind, config(tmp_path, batch_size=4, num_iterations=2,
+                                      log_per_iterations=2), str(tiny_data), out=lambda s: None)
+    assert result.step == 2 and np.isfinite(result.last_metrics['loss'])
+    (_, step, metrics), = evaluate.evaluate_checkpoints(str(tmp_path / 'ckpt'), str(tiny_data),
+                                                        {}, batch_size=12, out=lambda s: None)
+    assert step == 2 and metrics.num_examples == 24
+
+
+def test_a_checkpoint_of_one_kind_is_refused_as_another(tiny_data, tmp_path):
+    wide = ModelConfig('wide_resnet', 10, widen_factor=2)
+    train.train(wide, config(tmp_path, num_iterations=1), str(tiny_data), out=lambda s: None)
+    with pytest.raises(UserError, match=r'is a WRN-10-2 checkpoint \(model=wide_resnet\), but '
+                                        r'the flags ask for model=resnet$'):
+        evaluate.evaluate_checkpoints(str(tmp_path / 'ckpt'), str(tiny_data),
+                                      {'model': 'resnet'}, out=lambda s: None)
+    with pytest.raises(UserError, match=r'WRN-10-2 checkpoint \(widen_factor=2\), but the flags '
+                                        r'ask for WRN-10-4'):
+        evaluate.evaluate_checkpoints(str(tmp_path / 'ckpt'), str(tiny_data),
+                                      {'widen_factor': 4}, out=lambda s: None)
+    with pytest.raises(UserError, match=r'WRN-10-2 checkpoint .* flags ask for VGG-11'):
+        train.train(ModelConfig('vgg', 11), config(tmp_path, num_iterations=2), str(tiny_data),
+                    out=lambda s: None)
 
 
 def test_training_on_real_images_lowers_the_loss(real_data, tmp_path):

@@ -85,22 +85,23 @@ class Saved:
             raise UserError('%s: not a readable checkpoint of this trainer (%s)'
                             % (prefix, message)) from None
 
-    def check_matches(self, wanted, flag_names=None):
-        """Raises UserError naming both architectures if `wanted` differs from the saved one.
+    def check_matches(self, wanted):
+        """Raises UserError naming both if a field of `wanted` (a dict) differs from the saved one.
 
-        flag_names limits the comparison to fields the user set explicitly (the
-        evaluator takes the rest from the checkpoint); None compares every field.
+        The trainer passes every field of its config; the evaluator only those the
+        user set explicitly (the rest come from the checkpoint).
         """
-        fields = [f.name for f in dataclasses.fields(wanted)
-                  if flag_names is None or f.name in flag_names]
-        wanted = dataclasses.replace(self.config, **{f: getattr(wanted, f) for f in fields})
-        if wanted == self.config:
+        differ = [f for f, v in wanted.items() if getattr(self.config, f) != v]
+        if not differ:
             return
-        differ = [f for f in fields if getattr(wanted, f) != getattr(self.config, f)]
-        ask = ', '.join('%s=%s' % (f, getattr(wanted, f)) for f in differ)
         has = ', '.join('%s=%s' % (f, getattr(self.config, f)) for f in differ)
-        raise UserError('%s is a %s checkpoint (%s), but the flags ask for %s (%s)'
-                        % (self.prefix, self.config.describe(), has, wanted.describe(), ask))
+        ask = ', '.join('%s=%s' % (f, wanted[f]) for f in differ)
+        try:
+            ask = '%s (%s)' % (dataclasses.replace(self.config, **wanted).describe(), ask)
+        except UserError:
+            pass           # the flags alone do not make a valid net: name just the flags
+        raise UserError('%s is a %s checkpoint (%s), but the flags ask for %s'
+                        % (self.prefix, self.config.describe(), has, ask))
 
 
 def restore(checkpoint, prefix):

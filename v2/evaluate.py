@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from v2 import checkpoint, data
 from v2.errors import UserError
-from v2.model import ResNet
+from v2.model import build
 
 
 @dataclasses.dataclass
@@ -75,28 +75,30 @@ class Evaluator:
         return self._sums.experimental_get_tracing_count()
 
 
-def evaluate_checkpoints(ckpt_path, data_path, wanted_config, explicit_flags,
-                         all_checkpoints=False, batch_size=500, output_json=None, out=print):
-    """Evaluates the checkpoint(s) that ckpt_path names on data_path's test set.
+def evaluate_checkpoints(ckpt_path, data_path=None, wanted=None, all_checkpoints=False,
+                         batch_size=500, output_json=None, out=print):
+    """Evaluates the checkpoint(s) that ckpt_path names on the test set.
 
-    wanted_config holds the architecture flags; only the names in explicit_flags
-    (those the user set) must match the checkpoint, the rest come from it.
-    Returns a list of (prefix, step, Metrics).
+    The architecture comes from the checkpoint; `wanted` (a dict of ModelConfig
+    fields the user set explicitly) must match it. data_path None means the
+    folder the checkpoint's data set extracts to. Returns [(prefix, step, Metrics)].
     """
     prefixes = checkpoint.find_all(ckpt_path) if all_checkpoints else [checkpoint.find(ckpt_path)]
     saved = [checkpoint.Saved(p) for p in prefixes]
     for s in saved:
-        s.check_matches(wanted_config, explicit_flags)
+        s.check_matches(wanted or {})
     architectures = {s.config for s in saved}
     if len(architectures) > 1:
         raise UserError('--ckpt_path=%s holds checkpoints of different architectures (%s); '
                         'evaluate them one at a time'
                         % (ckpt_path, ', '.join(sorted(c.describe() for c in architectures))))
-    images, labels = data.load(data_path, data.TEST_FILES, saved[0].config.num_classes)
+    config = saved[0].config
+    spec = data.DATASETS[config.dataset]
+    images, labels = data.load_split(data_path or spec.folder, spec, 'test')
     if output_json:
         _check_writable(output_json)
 
-    model = ResNet(saved[0].config)
+    model = build(config)
     mean = tf.Variable(saved[0].pixel_mean, trainable=False)
     ckpt = checkpoint.make(model, mean)
     evaluator = Evaluator(model)
@@ -106,20 +108,20 @@ def evaluate_checkpoints(ckpt_path, data_path, wanted_config, explicit_flags,
         metrics = evaluator(data.eval_batches(images, labels, mean.numpy(), batch_size))
         results.append((s.prefix, s.step, metrics))
 
-    out(report(results, saved[0].config))
+    out(report(results, config, spec.class_names))
     if output_json:
         with open(output_json, 'w') as f:
-            json.dump({'model': saved[0].config.describe(),
-                       'architecture': json.loads(saved[0].config.to_json()),
-                       'test_files': list(data.TEST_FILES),
-                       'class_names': list(data.CLASS_NAMES),
+            json.dump({'model': config.describe(),
+                       'architecture': json.loads(config.to_json()),
+                       'test_files': list(spec.test_files),
+                       'class_names': list(spec.class_names),
                        'checkpoints': [dict(checkpoint=p, step=step, **m.to_dict())
                                        for p, step, m in results]}, f, indent=1)
         out('wrote %s' % output_json)
     return results
 
 
-def report(results, config):
+def report(results, config, class_names):
     """The printed report: per-checkpoint table, then per-class accuracy of the last."""
     lines = ['%s on %d test images' % (config.describe(), results[-1][2].num_examples),
              '%10s %14s %10s %8s  %s' % ('step', 'cross-entropy', 'accuracy', 'error',
@@ -128,11 +130,9 @@ def report(results, config):
         lines.append('%10s %14.4f %9.2f%% %7.2f%%  %s' % (step, m.cross_entropy,
                                                          100 * m.accuracy, 100 * m.error, prefix))
     last = results[-1][2]
-    names = data.CLASS_NAMES if config.num_classes == len(data.CLASS_NAMES) else \
-        [str(i) for i in range(config.num_classes)]
     lines.append('per-class accuracy (%s):' % os.path.basename(results[-1][0]))
     lines.extend('  %-12s %6.2f%%' % (name, 100 * a)
-                 for name, a in zip(names, last.per_class_accuracy))
+                 for name, a in zip(class_names, last.per_class_accuracy))
     return '\n'.join(lines)
 
 

@@ -1,40 +1,70 @@
-"""The pre-activation ResNet for CIFAR, hand-built from tf.Module, tf.Variable and tf.nn.
+"""Every network of the three papers (and two baselines), built from one ModelConfig.
 
-Layout of He et al. 2015 ("Deep Residual Learning", section 4.2): a 3x3 conv with
-16 filters, then three stages of n units on 32x32, 16x16 and 8x8 maps with 16, 32
-and 64 filters, global average pooling and a linear layer; 6n+2 weighted layers.
-Units of He et al. 2016 ("Identity Mappings"): BN -> ReLU -> conv, twice, added to
-an identity shortcut. No Keras anywhere: every variable is created here.
+Families (`model`):
+  resnet           CIFAR ResNets of He et al. 2015 (post-activation, --resnet_version=1)
+                   and 2016 (pre-activation, the default): 6n+2 layers with basic
+                   units, 9n+2 with bottlenecks; stages of 16/32/64 (x4 for bottlenecks).
+  wide_resnet      WRN-d-k of Zagoruyko & Komodakis 2016: pre-activation basic units,
+                   widths 16k/32k/64k, (d-4)/6 units a stage, optional dropout.
+  vgg              VGG-11/13/16/19 with batch norm, for 32x32 images.
+  imagenet_resnet  ResNet-18/34/50/101/152 of He et al. 2015 (or the pre-activation
+                   versions) with a 3x3 stem and no max-pool, for 32x32 images.
+
+One constructor per family (cifar_resnet, wide_resnet, vgg, imagenet_resnet) builds
+a net in one call; build(config) does the same from a ModelConfig.
 """
 
 import dataclasses
 import json
-import math
+from typing import Optional
 
 import tensorflow as tf
 
+from v2 import layers, resnet
 from v2.errors import UserError
+from v2.vgg import CONFIGS as VGG_CONFIGS, VGG
 
-STAGE_WIDTHS = (16, 32, 64)
-# Batch-norm constants of the reference Torch implementation (fb.resnet.torch).
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
-
-
-def units_per_stage(num_layers):
-    """n for a 6n+2-layer net; UserError for any depth not of that form."""
-    if num_layers < 8 or (num_layers - 2) % 6:
-        raise UserError('--num_layers=%d: the depth must be 6n+2 with n >= 1 '
-                        '(8, 14, 20, 32, 44, 56, 110, 1202, ...)' % num_layers)
-    return (num_layers - 2) // 6
+MODELS = ('resnet', 'wide_resnet', 'vgg', 'imagenet_resnet')
+CIFAR_WIDTHS = (16, 32, 64)
+# He et al. 2015, Table 1: units per stage of the ImageNet ResNets.
+IMAGENET_STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
+                   152: (3, 8, 36, 3)}
+IMAGENET_WIDTHS = (64, 128, 256, 512)
+# The shortcut option each paper used, taken when --shortcut_type is not given.
+PAPER_SHORTCUT = {'resnet': 'A', 'resnet_bottleneck': 'B', 'wide_resnet': 'B',
+                  'imagenet_resnet': 'B'}
+DEFAULT_DEPTH = {'resnet': 110, 'resnet_bottleneck': 164, 'wide_resnet': 28, 'vgg': 16,
+                 'imagenet_resnet': 18}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Everything that fixes the shape of the network; stored in every checkpoint."""
-    num_layers: int = 110
+    """Everything that fixes the network; stored in every checkpoint as JSON.
+
+    Fields that do not apply to a family keep their defaults. shortcut_type None
+    means the option the family's paper used (see PAPER_SHORTCUT); num_layers None
+    the family's usual depth.
+    """
+    model: str = 'resnet'
+    num_layers: Optional[int] = None
+    resnet_version: int = 2
+    bottleneck: bool = False
+    shortcut_type: Optional[str] = None
     shortcut_connections: bool = True
+    widen_factor: int = 1
+    dropout_rate: float = 0.0
     num_classes: int = 10
+    dataset: str = 'cifar10'
+
+    def __post_init__(self):
+        key = 'resnet_bottleneck' if (self.model == 'resnet' and self.bottleneck) else self.model
+        if self.num_layers is None and self.model in MODELS:
+            object.__setattr__(self, 'num_layers', DEFAULT_DEPTH[key])
+        if self.model == 'imagenet_resnet' and self.num_layers in IMAGENET_STAGES:
+            object.__setattr__(self, 'bottleneck', self.num_layers >= 50)
+        if self.shortcut_type is None and self.model != 'vgg':
+            object.__setattr__(self, 'shortcut_type', PAPER_SHORTCUT.get(key, 'A'))
+        validate(self)
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -45,188 +75,158 @@ class ModelConfig:
         return cls(**{k: v for k, v in json.loads(text).items() if k in fields})
 
     def describe(self):
-        """A short human name, e.g. "ResNet-110" or "plain-56"."""
-        return '%s-%d' % ('ResNet' if self.shortcut_connections else 'plain', self.num_layers)
+        """A short human name: ResNet-110, plain-56, PreAct-ResNet-164, WRN-28-10, VGG-16..."""
+        d = self.num_layers
+        if self.model == 'vgg':
+            return 'VGG-%d' % d
+        if self.model == 'wide_resnet':
+            name = 'WRN-%d-%d' % (d, self.widen_factor)
+        elif self.model == 'imagenet_resnet':
+            name = '%sResNet-%d (ImageNet layout)' % ('PreAct-' if self.resnet_version == 2
+                                                       else '', d)
+        else:
+            name = 'ResNet-%d' % d
+            if self.bottleneck:
+                name += ' bottleneck'
+            if self.resnet_version == 1:
+                name += ' v1'
+        if not self.shortcut_connections:       # the plain twin: plain-56, plain WRN-16-4
+            name = name.replace('ResNet', 'plain') if 'ResNet' in name else 'plain ' + name
+        return name
+
+    def slug(self):
+        """A file-name form of describe(), for default folders: resnet110, wrn-28-10, ..."""
+        return (self.describe().lower().replace(' (imagenet layout)', '-imagenet')
+                .replace('resnet-', 'resnet').replace(' ', '-'))
 
 
-class Conv2D(tf.Module):
-    """A bias-free convolution with He (MSRA) initialisation.
-
-    He et al. 2015, "Delving Deep into Rectifiers": weights ~ N(0, 2 / (k*k*c_in)),
-    the initialisation both ResNet papers use.
-    """
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride, rng, name):
-        super().__init__(name=name)
-        shape = [kernel_size, kernel_size, in_channels, out_channels]
-        stddev = math.sqrt(2.0 / (kernel_size * kernel_size * in_channels))
-        with self.name_scope:
-            self.kernel = tf.Variable(rng.normal(shape, stddev=stddev), name='kernel')
-        self.stride = stride
-
-    def __call__(self, x):
-        return tf.nn.conv2d(x, tf.cast(self.kernel, x.dtype), self.stride, padding='SAME')
-
-
-class BatchNorm(tf.Module):
-    """Batch normalisation on the fused kernel (one op for normalise + statistics).
-
-    Training normalises with the batch statistics and updates the moving averages;
-    evaluation uses the moving averages. Scale, offset and statistics stay float32
-    whatever the dtype of the activations.
-    """
-
-    def __init__(self, channels, name):
-        super().__init__(name=name)
-        with self.name_scope:
-            self.gamma = tf.Variable(tf.ones([channels]), name='gamma')
-            self.beta = tf.Variable(tf.zeros([channels]), name='beta')
-            self.moving_mean = tf.Variable(tf.zeros([channels]), trainable=False,
-                                           name='moving_mean')
-            self.moving_variance = tf.Variable(tf.ones([channels]), trainable=False,
-                                               name='moving_variance')
-
-    def __call__(self, x, training):
-        out = tf.raw_ops.FusedBatchNormV3(
-            x=x, scale=self.gamma, offset=self.beta,
-            mean=self.moving_mean, variance=self.moving_variance,
-            epsilon=BN_EPSILON, exponential_avg_factor=1.0 - BN_MOMENTUM,
-            data_format='NHWC', is_training=training)
-        if training:
-            # With exponential_avg_factor the kernel returns the updated averages.
-            self.moving_mean.assign(out.batch_mean)
-            self.moving_variance.assign(out.batch_variance)
-        return out.y
+def validate(config):
+    """Raises UserError, naming the flag, for a depth or combination that makes no sense."""
+    c = config
+    if c.model not in MODELS:
+        raise UserError('--model=%s: expected one of %s' % (c.model, '|'.join(MODELS)))
+    if c.resnet_version not in (1, 2):
+        raise UserError('--resnet_version=%s: expected 1 (He et al. 2015) or 2 (He et al. 2016)'
+                        % c.resnet_version)
+    if c.shortcut_type is not None and c.shortcut_type not in layers.SHORTCUT_TYPES:
+        raise UserError('--shortcut_type=%s: expected one of %s'
+                        % (c.shortcut_type, '|'.join(layers.SHORTCUT_TYPES)))
+    if not 0.0 <= c.dropout_rate < 1.0:
+        raise UserError('--dropout_rate=%s: expected a rate in [0, 1)' % c.dropout_rate)
+    if c.widen_factor < 1:
+        raise UserError('--widen_factor=%s: expected a whole number >= 1' % c.widen_factor)
+    units_per_stage(c)
 
 
-class Dense(tf.Module):
-    """The final linear layer; uniform(+-1/sqrt(fan_in)) weights, zero bias."""
-
-    def __init__(self, in_features, out_features, rng, name):
-        super().__init__(name=name)
-        limit = 1.0 / math.sqrt(in_features)
-        with self.name_scope:
-            self.kernel = tf.Variable(
-                rng.uniform([in_features, out_features], -limit, limit), name='kernel')
-            self.bias = tf.Variable(tf.zeros([out_features]), name='bias')
-
-    def __call__(self, x):
-        return tf.matmul(x, tf.cast(self.kernel, x.dtype)) + tf.cast(self.bias, x.dtype)
-
-
-def identity_shortcut(x, out_channels, stride):
-    """The parameter-free shortcut (option A of He et al. 2015).
-
-    Where a stage halves the map, 2x2 average pooling with stride 2 subsamples it;
-    where it widens, the new channels are zeros, split evenly on both sides.
-    """
-    if stride > 1:
-        x = tf.nn.avg_pool2d(x, ksize=stride, strides=stride, padding='VALID')
-    extra = out_channels - x.shape[-1]
-    if extra:
-        x = tf.pad(x, [[0, 0], [0, 0], [0, 0], [extra // 2, extra - extra // 2]])
-    return x
-
-
-class PreActUnit(tf.Module):
-    """BN -> ReLU -> 3x3 conv -> BN -> ReLU -> 3x3 conv, plus the shortcut.
-
-    He et al. 2016, Figure 4(e). `share_preact` is set on the very first unit of the
-    net: its input is a bare convolution output, so its shortcut takes the
-    BN -> ReLU output too (the first unit of He et al. 2016's CIFAR nets).
-    """
-
-    def __init__(self, in_channels, out_channels, stride, shortcut, share_preact, rng, name):
-        super().__init__(name=name)
-        with self.name_scope:
-            self.bn1 = BatchNorm(in_channels, name='bn1')
-            self.conv1 = Conv2D(in_channels, out_channels, 3, stride, rng, name='conv1')
-            self.bn2 = BatchNorm(out_channels, name='bn2')
-            self.conv2 = Conv2D(out_channels, out_channels, 3, 1, rng, name='conv2')
-        self.out_channels = out_channels
-        self.stride = stride
-        self.shortcut = shortcut
-        self.share_preact = share_preact
-
-    def __call__(self, x, training):
-        preact = tf.nn.relu(self.bn1(x, training))
-        y = self.conv1(preact)
-        y = self.conv2(tf.nn.relu(self.bn2(y, training)))
-        if not self.shortcut:          # the plain net of He et al. 2015, Figure 6
-            return y
-        return y + identity_shortcut(preact if self.share_preact else x,
-                                     self.out_channels, self.stride)
+def units_per_stage(config):
+    """Units in each stage (n) for a CIFAR or wide ResNet; checks every family's depth."""
+    c, d = config, config.num_layers
+    if c.model == 'vgg':
+        if d not in VGG_CONFIGS:
+            raise UserError('--num_layers=%d: VGG comes in depths %s'
+                            % (d, ', '.join(map(str, VGG_CONFIGS))))
+        return None
+    if c.model == 'imagenet_resnet':
+        if d not in IMAGENET_STAGES:
+            raise UserError('--num_layers=%d: the ImageNet ResNets come in depths %s'
+                            % (d, ', '.join(map(str, IMAGENET_STAGES))))
+        return None
+    if c.model == 'wide_resnet':
+        if d < 10 or (d - 4) % 6:
+            raise UserError('--num_layers=%d: a wide ResNet has depth 6n+4 with n >= 1 '
+                            '(10, 16, 22, 28, 40, ...)' % d)
+        return (d - 4) // 6
+    if c.bottleneck:
+        if d < 11 or (d - 2) % 9:
+            raise UserError('--num_layers=%d: a bottleneck ResNet has depth 9n+2 with n >= 1 '
+                            '(11, 29, 56, 110, 164, 1001, ...)' % d)
+        return (d - 2) // 9
+    if d < 8 or (d - 2) % 6:
+        raise UserError('--num_layers=%d: the depth must be 6n+2 with n >= 1 '
+                        '(8, 14, 20, 32, 44, 56, 110, 1202, ...)' % d)
+    return (d - 2) // 6
 
 
-class ResNet(tf.Module):
-    """A 6n+2-layer pre-activation ResNet (or its plain twin) for 32x32 images.
+def build(config, seed=0, compute_dtype=tf.float32):
+    """The network a ModelConfig describes, with `config` attached as net.config."""
+    c = config
+    if c.model == 'vgg':
+        net = VGG(c.num_layers, c.num_classes, seed, compute_dtype)
+    else:
+        if c.model == 'imagenet_resnet':
+            stages = [(n, w, 1 if i == 0 else 2)
+                      for i, (n, w) in enumerate(zip(IMAGENET_STAGES[c.num_layers],
+                                                     IMAGENET_WIDTHS))]
+            stem_width = IMAGENET_WIDTHS[0]
+        else:
+            n = units_per_stage(c)
+            stages = [(n, w * c.widen_factor, 1 if i == 0 else 2)
+                      for i, w in enumerate(CIFAR_WIDTHS)]
+            stem_width = CIFAR_WIDTHS[0]
+        net = resnet.ResNet(stages, stem_width=stem_width, version=c.resnet_version,
+                            bottleneck=c.bottleneck,
+                            shortcut_type=c.shortcut_type if c.shortcut_connections else None,
+                            dropout_rate=c.dropout_rate, num_classes=c.num_classes, seed=seed,
+                            compute_dtype=compute_dtype)
+    net.config = config
+    return net
 
-    Call it on a float batch [B, 32, 32, 3] of mean-subtracted images; it returns
-    float32 logits [B, num_classes]. `compute_dtype` (float32 or bfloat16) is the
-    dtype of the convolutions; variables are always float32.
-    """
 
-    def __init__(self, config, seed=0, compute_dtype=tf.float32, name='resnet'):
-        super().__init__(name=name)
-        self.config = config
-        self.compute_dtype = compute_dtype
-        n = units_per_stage(config.num_layers)
-        rng = tf.random.Generator.from_seed(seed)
-        with self.name_scope:
-            self.stem = Conv2D(3, STAGE_WIDTHS[0], 3, 1, rng, name='stem')
-            self.stages = []
-            channels = STAGE_WIDTHS[0]
-            for s, width in enumerate(STAGE_WIDTHS):
-                units = []
-                for u in range(n):
-                    stride = 2 if (s > 0 and u == 0) else 1
-                    units.append(PreActUnit(channels, width, stride, config.shortcut_connections,
-                                            share_preact=(s == 0 and u == 0), rng=rng,
-                                            name='stage%d_unit%d' % (s + 1, u + 1)))
-                    channels = width
-                self.stages.append(units)
-            self.final_bn = BatchNorm(channels, name='final_bn')
-            self.fc = Dense(channels, config.num_classes, rng, name='fc')
+def cifar_resnet(depth, version=2, bottleneck=False, shortcut_type=None,
+                 shortcut_connections=True, num_classes=10, **kwargs):
+    """A CIFAR ResNet of He et al. 2015/2016, e.g. cifar_resnet(164, bottleneck=True)."""
+    return build(ModelConfig('resnet', depth, version, bottleneck, shortcut_type,
+                             shortcut_connections, num_classes=num_classes), **kwargs)
 
-    def __call__(self, images, training=False, trace=None):
-        """Logits for a batch; `trace`, if a list, receives (name, output shape) per part."""
-        def note(name, x):
-            if trace is not None:
-                trace.append((name, tuple(x.shape)))
-            return x
 
-        x = note('stem conv 3x3', self.stem(tf.cast(images, self.compute_dtype)))
-        for s, units in enumerate(self.stages):
-            for unit in units:
-                x = unit(x, training)
-            note('stage %d (%d units)' % (s + 1, len(units)), x)
-        x = tf.nn.relu(self.final_bn(x, training))
-        x = note('BN-ReLU, global avg pool', tf.reduce_mean(x, axis=[1, 2]))
-        return note('linear', tf.cast(self.fc(x), tf.float32))
+def wide_resnet(depth, widen_factor, dropout_rate=0.0, num_classes=10, **kwargs):
+    """WRN-depth-widen_factor of Zagoruyko & Komodakis 2016, e.g. wide_resnet(28, 10, 0.3)."""
+    return build(ModelConfig('wide_resnet', depth, widen_factor=widen_factor,
+                             dropout_rate=dropout_rate, num_classes=num_classes), **kwargs)
 
-    @property
-    def decayed_weights(self):
-        """The conv and linear kernels: the variables that get L2 weight decay."""
-        return [m.kernel for m in self.submodules if isinstance(m, (Conv2D, Dense))]
+
+def vgg(depth, num_classes=10, **kwargs):
+    """VGG-depth with batch norm for 32x32 images, e.g. vgg(16)."""
+    return build(ModelConfig('vgg', depth, num_classes=num_classes), **kwargs)
+
+
+def imagenet_resnet(depth, version=1, num_classes=10, **kwargs):
+    """ResNet-18/34/50/101/152 adapted to 32x32 (3x3 stem, no max-pool); version=2: pre-act."""
+    return build(ModelConfig('imagenet_resnet', depth, version, num_classes=num_classes),
+                 **kwargs)
 
 
 def count_parameters(module):
-    """Number of trainable scalars in a module."""
-    return sum(int(v.shape.num_elements()) for v in module.trainable_variables)
+    """Number of trainable scalars in a module (or a list of modules)."""
+    modules = module if isinstance(module, (list, tuple)) else [module]
+    return sum(int(v.shape.num_elements()) for m in modules for v in m.trainable_variables)
 
 
-def summary(model):
+def decayed_weights(net):
+    """The conv and linear kernels: the variables that get L2 weight decay."""
+    return [m.kernel for m in net.submodules if isinstance(m, (layers.Conv2D, layers.Dense))]
+
+
+def summary(net, image_size=32):
     """Text table of the architecture: parts, output shapes, trainable parameters."""
     trace = []
-    model(tf.zeros([1, 32, 32, 3]), training=False, trace=trace)
-    params = [count_parameters(model.stem)]
-    params += [sum(count_parameters(u) for u in units) for units in model.stages]
-    params += [count_parameters(model.final_bn), count_parameters(model.fc)]
-    lines = ['%s (%s shortcuts)' % (model.config.describe(),
-                                   'identity' if model.config.shortcut_connections else 'no'),
-             '%-28s %-16s %12s' % ('part', 'output shape', 'parameters')]
-    for (name, shape), count in zip(trace, params):
-        lines.append('%-28s %-16s %12s' % (name, 'x'.join(str(d) for d in shape[1:]),
-                                           format(count, ',')))
-    lines.append('trainable parameters: %s' % format(count_parameters(model), ','))
+    net(tf.zeros([1, image_size, image_size, 3]), training=False, trace=trace)
+    parts = net.parts()
+    c = net.config
+    details = []
+    if c.model != 'vgg':
+        details.append('%s shortcuts' % (('option %s' % c.shortcut_type)
+                                         if c.shortcut_connections else 'no'))
+        details.append('pre-activation' if c.resnet_version == 2 else 'post-activation')
+    if c.dropout_rate:
+        details.append('dropout %g' % c.dropout_rate)
+    lines = ['%s, %d classes%s' % (c.describe(), c.num_classes,
+                                   ''.join(', ' + d for d in details)),
+             '%-24s %-16s %12s' % ('part', 'output shape', 'parameters')]
+    for (name, shape), (_, modules) in zip(trace, parts):
+        units = (' (%d units)' % len(modules)
+                 if name.startswith('stage') and c.model != 'vgg' else '')
+        lines.append('%-24s %-16s %12s' % (name + units, 'x'.join(str(d) for d in shape[1:]),
+                                           format(count_parameters(modules), ',')))
+    lines.append('trainable parameters: %s' % format(count_parameters(net), ','))
     return '\n'.join(lines)

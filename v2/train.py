@@ -19,7 +19,7 @@ import tensorflow as tf
 from v2 import checkpoint, data
 from v2.errors import UserError
 from v2.evaluate import Evaluator
-from v2.model import ResNet, count_parameters
+from v2.model import build, count_parameters, decayed_weights
 from v2.optimizer import Momentum
 from v2.schedule import Schedule
 
@@ -34,6 +34,7 @@ class TrainConfig:
     log_per_iterations: int = 100
     weight_decay: float = 1e-4
     momentum: float = 0.9
+    nesterov: bool = False
     schedule: Schedule = Schedule()
     max_to_keep: int = 5
     eval_every: int = 0
@@ -105,7 +106,7 @@ def make_train_step(model, optimizer, schedule, step, weight_decay):
     decayed). Returns the step's metrics as scalar tensors.
     """
     variables = model.trainable_variables
-    decayed = model.decayed_weights
+    decayed = decayed_weights(model)
 
     @tf.function(jit_compile=False)
     def train_step(images, labels):
@@ -135,7 +136,7 @@ def format_duration(seconds):
 
 def load_training_data(model_config, config, data_path):
     """The checked training set, which must hold at least one batch."""
-    images, labels = data.load(data_path, data.TRAIN_FILES, model_config.num_classes)
+    images, labels = data.load_split(data_path, data.DATASETS[model_config.dataset], 'train')
     if config.batch_size > images.shape[0]:
         raise UserError('--batch_size=%d is larger than the %d training images in %s'
                         % (config.batch_size, images.shape[0], data_path))
@@ -162,17 +163,17 @@ def train(model_config, config, data_path, out=print):
     architecture.
     """
     images, labels = load_training_data(model_config, config, data_path)
-    test = (data.load(data_path, data.TEST_FILES, model_config.num_classes)
+    test = (data.load_split(data_path, data.DATASETS[model_config.dataset], 'test')
             if config.eval_every else None)
     prepare_folder(config.ckpt_path, 'ckpt_path')
     prepare_folder(config.log_path, 'log_path')
     latest = tf.train.latest_checkpoint(config.ckpt_path)
     saved = checkpoint.Saved(latest) if latest else None
     if saved:
-        saved.check_matches(model_config)
+        saved.check_matches(dataclasses.asdict(model_config))
 
-    model = ResNet(model_config, seed=config.seed)
-    optimizer = Momentum(model.trainable_variables, config.momentum)
+    model = build(model_config, seed=config.seed)
+    optimizer = Momentum(model.trainable_variables, config.momentum, config.nesterov)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
     mean = tf.Variable(data.pixel_mean(images), trainable=False)
     ckpt = checkpoint.make(model, mean, step, optimizer, config.recipe_json())
