@@ -51,10 +51,8 @@ def _numbers(flag, kind):
                            'integers' if kind is int else 'numbers')) from None
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise UserError('unexpected arguments: %s (flags are written --name=value)'
-                        % ' '.join(argv[1:]))
+def configs_from_flags():
+    """(ModelConfig, TrainConfig) from the parsed flags; UserError for a bad combination."""
     model_config = options.model_config()
     ckpt_path = FLAGS.ckpt_path or 'runs/' + model_config.slug()
     config = train.TrainConfig(
@@ -74,6 +72,14 @@ def main(argv):
         eval_every=FLAGS.eval_every,
         eval_batch_size=FLAGS.eval_batch_size,
         seed=FLAGS.seed)
+    return model_config, config
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UserError('unexpected arguments: %s (flags are written --name=value)'
+                        % ' '.join(argv[1:]))
+    model_config, config = configs_from_flags()
     data_path = options.data_path(model_config)
     if FLAGS.dry_run:
         print(model.summary(model.build(model_config)))

@@ -4,56 +4,49 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from v2 import layers, model as m, resnet
+from v2 import catalog, layers, model as m, resnet
 from v2.errors import UserError
 
 C = m.ModelConfig
 
-# (config, exact trainable parameters, the paper's figure in millions, its rounding)
-PAPER_COUNTS = [
-    # He et al. 2015, Table 6 (option A).
-    (C(num_layers=20), 269_722, 0.27, 2),
-    (C(num_layers=32), 464_154, 0.46, 2),
-    (C(num_layers=44), 658_586, 0.66, 2),
-    (C(num_layers=56), 853_018, 0.85, 2),
-    (C(num_layers=110), 1_727_962, 1.7, 1),
-    (C(num_layers=1202), 19_421_274, 19.4, 1),
-    (C(num_layers=20, resnet_version=1), 269_722, 0.27, 2),
-    # He et al. 2016, Table 6: pre-activation bottleneck nets (projection where shapes change).
-    (C(num_layers=164, bottleneck=True), 1_703_258, 1.7, 1),
-    # Zagoruyko & Komodakis 2016, Table 4.
-    (C('wide_resnet', 40, widen_factor=4), 8_949_210, 8.9, 1),
-    (C('wide_resnet', 16, widen_factor=8), 10_961_370, 11.0, 1),
-    (C('wide_resnet', 28, widen_factor=10), 36_479_194, 36.5, 1),
-    # The CIFAR VGG-BN nets of the public implementations.
-    (C('vgg', 11), 9_228_362, 9.2, 1),
-    (C('vgg', 13), 9_413_066, 9.4, 1),
-    (C('vgg', 16), 14_724_042, 14.7, 1),
-    (C('vgg', 19), 20_035_018, 20.0, 1),
-    # ImageNet ResNets (He et al. 2015, Table 1) with a 3x3 stem and a 10-class head.
-    (C('imagenet_resnet', 18, resnet_version=1), 11_173_962, 11.2, 1),
-    (C('imagenet_resnet', 34, resnet_version=1), 21_282_122, 21.3, 1),
-    (C('imagenet_resnet', 50, resnet_version=1), 23_520_842, 23.5, 1),
-    (C('imagenet_resnet', 101, resnet_version=1), 42_512_970, 42.5, 1),
-]
+# Trainable parameters of every network of v2.catalog, counted once by hand-checked
+# arithmetic (ResNet-20: 267,696 conv + 650 linear + 1,376 batch-norm scalars).
+EXACT = {
+    'ResNet-20': 269_722, 'ResNet-32': 464_154, 'ResNet-44': 658_586, 'ResNet-56': 853_018,
+    'ResNet-110': 1_727_962, 'ResNet-1202': 19_421_274, 'ResNet-164 bottleneck': 1_703_258,
+    'ResNet-1001 bottleneck': 10_327_706, 'WRN-40-4': 8_949_210, 'WRN-16-8': 10_961_370,
+    'WRN-28-10': 36_479_194, 'VGG-11': 9_228_362, 'VGG-13': 9_413_066, 'VGG-16': 14_724_042,
+    'VGG-19': 20_035_018, 'ResNet-18 (ImageNet layout)': 11_173_962,
+    'ResNet-34 (ImageNet layout)': 21_282_122, 'ResNet-50 (ImageNet layout)': 23_520_842,
+    'ResNet-101 (ImageNet layout)': 42_512_970,
+}
 
 
-@pytest.mark.parametrize('config, count, millions, digits', PAPER_COUNTS,
-                         ids=[c.describe() for c, *_ in PAPER_COUNTS])
-def test_parameter_counts_match_the_papers(config, count, millions, digits):
-    got = m.count_parameters(m.build(config))
-    assert got == count
-    assert round(got / 1e6, digits) == millions
+@pytest.mark.parametrize('config, paper, source', catalog.PAPER_NETWORKS,
+                         ids=[c.describe() for c, *_ in catalog.PAPER_NETWORKS])
+def test_parameter_counts_match_the_papers(config, paper, source):
+    net = m.build(config)
+    assert m.count_parameters(net) == EXACT[config.describe()]
+    digits = len(paper.split('.')[1])
+    assert '%.*f' % (digits, catalog.paper_count(net) / 1e6) == paper
 
 
 def test_resnet_1001_matches_the_paper_counting_weights_only():
     # He et al. 2016 give 10.2M for ResNet-1001: the conv and linear weights of the
-    # net with projection shortcuts (10.18M, biases and batch norm left out); with batch norm's scale and offset it
-    # has 10.33M trainable parameters.
+    # net with projection shortcuts (10.18M, biases and batch norm left out).
     net = m.cifar_resnet(1001, bottleneck=True)
-    assert m.count_parameters(net) == 10_327_706
-    weights = sum(int(np.prod(w.shape)) for w in m.decayed_weights(net))
-    assert weights == 10_178_480 and round(weights / 1e6, 1) == 10.2
+    assert catalog.paper_count(net) == 10_178_480
+
+
+def test_post_activation_resnet_20_has_the_same_count():
+    assert m.count_parameters(m.cifar_resnet(20, version=1)) == 269_722
+
+
+def test_catalog_table_is_generated_from_the_nets():
+    text = catalog.table()
+    assert '| WRN-28-10 | `--model=wide_resnet --num_layers=28 --widen_factor=10` | B | ' \
+           '36,479,194 | 36.5M |' in text
+    assert '10.2M*' in text and '10,178,480 here' in text
 
 
 def test_plain_nets_have_the_parameters_of_their_residual_twins_under_option_a():
