@@ -18,13 +18,31 @@ from v2 import layers
 EXPANSION = 4           # bottleneck output width / inner width (He et al. 2015, 2016)
 
 
+def join_preact(unit, y, x, preact, training):
+    """Adds a pre-activation unit's shortcut to its residual branch y (or not: plain nets).
+
+    The shortcut takes the raw input x, except where it projects or where the unit
+    shares its pre-activation (the net's first unit, whose input is a bare conv
+    output): there it takes the unit's BN -> ReLU output, as in He et al. 2016.
+    """
+    if unit.shortcut is None:              # the plain net of He et al. 2015, Figure 6
+        return y
+    source = preact if (unit.share_preact or unit.shortcut.projects) else x
+    return y + unit.shortcut(source, training)
+
+
+def join_postact(unit, y, x, training):
+    """The sum of a post-activation unit's branch and shortcut, then ReLU (He et al. 2015)."""
+    if unit.shortcut is not None:
+        y = y + unit.shortcut(x, training)
+    return tf.nn.relu(y)
+
+
 class PreActBasic(tf.Module):
     """BN -> ReLU -> 3x3 conv -> BN -> ReLU -> [dropout] -> 3x3 conv, plus the shortcut.
 
     He et al. 2016, Figure 4(e); dropout between the convs as in Zagoruyko &
-    Komodakis 2016. The shortcut takes the raw input, except where it projects or
-    where `share_preact` is set (the net's first unit, whose input is a bare conv
-    output): there it takes the unit's BN -> ReLU output.
+    Komodakis 2016. See join_preact for what the shortcut takes.
     """
     expansion = 1
 
@@ -46,18 +64,14 @@ class PreActBasic(tf.Module):
         y = tf.nn.relu(self.bn2(self.conv1(preact), training))
         if self.dropout:
             y = self.dropout(y, training)
-        y = self.conv2(y)
-        if self.shortcut is None:          # the plain net of He et al. 2015, Figure 6
-            return y
-        source = preact if (self.share_preact or self.shortcut.projects) else x
-        return y + self.shortcut(source, training)
+        return join_preact(self, self.conv2(y), x, preact, training)
 
 
 class PreActBottleneck(tf.Module):
     """BN -> ReLU -> 1x1 conv -> BN -> ReLU -> 3x3 conv -> BN -> ReLU -> 1x1 conv (x4 wide).
 
     He et al. 2016's bottleneck (ResNet-164, ResNet-1001). The stride sits on the
-    3x3 conv; the shortcut rules are those of PreActBasic.
+    3x3 conv; see join_preact for what the shortcut takes.
     """
     expansion = EXPANSION
 
@@ -79,11 +93,7 @@ class PreActBottleneck(tf.Module):
         preact = tf.nn.relu(self.bn1(x, training))
         y = tf.nn.relu(self.bn2(self.conv1(preact), training))
         y = tf.nn.relu(self.bn3(self.conv2(y), training))
-        y = self.conv3(y)
-        if self.shortcut is None:
-            return y
-        source = preact if (self.share_preact or self.shortcut.projects) else x
-        return y + self.shortcut(source, training)
+        return join_preact(self, self.conv3(y), x, preact, training)
 
 
 class PostActBasic(tf.Module):
@@ -109,10 +119,7 @@ class PostActBasic(tf.Module):
         y = tf.nn.relu(self.bn1(self.conv1(x), training))
         if self.dropout:
             y = self.dropout(y, training)
-        y = self.bn2(self.conv2(y), training)
-        if self.shortcut is not None:
-            y = y + self.shortcut(x, training)
-        return tf.nn.relu(y)
+        return join_postact(self, self.bn2(self.conv2(y), training), x, training)
 
 
 class PostActBottleneck(tf.Module):
@@ -138,10 +145,7 @@ class PostActBottleneck(tf.Module):
     def __call__(self, x, training):
         y = tf.nn.relu(self.bn1(self.conv1(x), training))
         y = tf.nn.relu(self.bn2(self.conv2(y), training))
-        y = self.bn3(self.conv3(y), training)
-        if self.shortcut is not None:
-            y = y + self.shortcut(x, training)
-        return tf.nn.relu(y)
+        return join_postact(self, self.bn3(self.conv3(y), training), x, training)
 
 
 UNITS = {(2, False): PreActBasic, (2, True): PreActBottleneck,
