@@ -18,6 +18,7 @@ flags.DEFINE_string('output_json', None, 'Also write the figures to this JSON fi
 flags.mark_flag_as_required('ckpt_path')
 
 FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(options)      # --helpshort lists the shared flags too
 
 
 def main(argv):
@@ -27,7 +28,7 @@ def main(argv):
     evaluate.evaluate_checkpoints(
         FLAGS.ckpt_path, FLAGS.data_path, options.explicit_architecture(),
         all_checkpoints=FLAGS.all_checkpoints, batch_size=FLAGS.eval_batch_size,
-        output_json=FLAGS.output_json)
+        output_json=FLAGS.output_json, precision=FLAGS.precision)
     return 0
 
 

@@ -11,68 +11,13 @@ import sys
 
 from absl import flags
 
-from v2 import model, options, schedule, train
+from v2 import model, options, train, train_options
 from v2.errors import UserError
+from v2.train_options import FLAGS, configs_from_flags
 
-flags.DEFINE_string('ckpt_path', None,
-                    'Checkpoint folder; resumes from its latest checkpoint. '
-                    'Default: runs/<model>, e.g. runs/resnet110, runs/plain-net56, runs/wrn-28-10.')
-flags.DEFINE_string('log_path', None, 'TensorBoard folder. Default: <ckpt_path>/logs.')
-flags.DEFINE_integer('batch_size', 128, 'Images per training step.', lower_bound=1)
-flags.DEFINE_integer('num_iterations', 64000, 'TOTAL training steps (not "more steps").',
-                     lower_bound=1)
-flags.DEFINE_integer('log_per_iterations', 100, 'Print, summarise and checkpoint every N steps.',
-                     lower_bound=1)
-flags.DEFINE_float('weight_decay', 1e-4, 'L2 weight decay on the conv and linear kernels.',
-                   lower_bound=0.0)
-flags.DEFINE_float('momentum', 0.9, 'SGD momentum.', lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_boolean('nesterov', False, 'Nesterov momentum (Zagoruyko & Komodakis 2016).')
-flags.DEFINE_list('lr_values', ['0.1', '0.01', '0.001'], 'Learning rates, one more than boundaries.')
-flags.DEFINE_list('lr_boundaries', ['32000', '48000'], 'Steps at which the next rate starts.')
-flags.DEFINE_integer('warmup_iterations', 0,
-                     'Steps at --warmup_lr first (He et al. 2015 used 400 for ResNet-110).',
-                     lower_bound=0)
-flags.DEFINE_float('warmup_lr', 0.01, 'Learning rate during the warm-up.', lower_bound=0.0)
-flags.DEFINE_integer('max_to_keep', 5, 'Checkpoints kept in --ckpt_path.', lower_bound=1)
-flags.DEFINE_integer('eval_every', 0, 'Evaluate on test_batch.bin every N steps (0: never).',
-                     lower_bound=0)
-flags.DEFINE_integer('seed', 0, 'Seed of initialisation, shuffling and augmentation.')
-flags.DEFINE_boolean('dry_run', False, 'Print the architecture and the input pipeline, then exit.')
-
-FLAGS = flags.FLAGS
-
-
-def _numbers(flag, kind):
-    try:
-        return tuple(kind(v) for v in FLAGS[flag].value)
-    except ValueError:
-        raise UserError('--%s=%s: expected a comma-separated list of %s'
-                        % (flag, ','.join(FLAGS[flag].value),
-                           'integers' if kind is int else 'numbers')) from None
-
-
-def configs_from_flags():
-    """(ModelConfig, TrainConfig) from the parsed flags; UserError for a bad combination."""
-    model_config = options.model_config()
-    ckpt_path = FLAGS.ckpt_path or 'runs/' + model_config.slug()
-    config = train.TrainConfig(
-        ckpt_path=ckpt_path,
-        log_path=FLAGS.log_path or ckpt_path + '/logs',
-        batch_size=FLAGS.batch_size,
-        num_iterations=FLAGS.num_iterations,
-        log_per_iterations=FLAGS.log_per_iterations,
-        weight_decay=FLAGS.weight_decay,
-        momentum=FLAGS.momentum,
-        nesterov=FLAGS.nesterov,
-        schedule=schedule.Schedule(boundaries=_numbers('lr_boundaries', int),
-                                   values=_numbers('lr_values', float),
-                                   warmup_iterations=FLAGS.warmup_iterations,
-                                   warmup_lr=FLAGS.warmup_lr),
-        max_to_keep=FLAGS.max_to_keep,
-        eval_every=FLAGS.eval_every,
-        eval_batch_size=FLAGS.eval_batch_size,
-        seed=FLAGS.seed)
-    return model_config, config
+# --helpshort lists the flags of these modules as this program's own.
+flags.adopt_module_key_flags(options)
+flags.adopt_module_key_flags(train_options)
 
 
 def main(argv):

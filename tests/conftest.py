@@ -52,9 +52,10 @@ def real_data():
 
 
 def run_script(script, *args, timeout=300):
-    """Runs run_trainer.py or run_evaluator.py as a user would; returns the CompletedProcess."""
+    """Runs a script (run_trainer.py) or a module (v2.benchmark) as a user would."""
     env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env,
+    command = [str(ROOT / script)] if script.endswith('.py') else ['-m', script]
+    return subprocess.run([sys.executable, *command, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

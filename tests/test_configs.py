@@ -7,7 +7,7 @@ from absl import flags
 
 from conftest import ROOT
 
-import run_trainer  # noqa: F401  (defines the trainer's flags)
+from v2 import train_options
 
 FLAGS = flags.FLAGS
 CONFIGS = sorted(p.name for p in (ROOT / 'configs').glob('*.flags')
@@ -36,7 +36,7 @@ def parsed(monkeypatch):
     def parse(name):
         FLAGS.unparse_flags()
         FLAGS(['run_trainer.py', '--flagfile=configs/%s' % name])
-        return run_trainer.configs_from_flags()
+        return train_options.configs_from_flags()
     yield parse
     FLAGS.unparse_flags()
 

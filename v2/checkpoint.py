@@ -21,7 +21,7 @@ MEAN_KEY = 'pixel_mean/.ATTRIBUTES/VARIABLE_VALUE'
 STEP_KEY = 'step/.ATTRIBUTES/VARIABLE_VALUE'
 
 
-def make(model, pixel_mean, step=None, optimizer=None, training_json=''):
+def make(model, pixel_mean, step=None, optimizer=None, training_json='', loss_scale=None):
     """The tf.train.Checkpoint of a run; optimizer and step are left out for evaluation."""
     objects = dict(model=model,
                    architecture=tf.Variable(model.config.to_json(), trainable=False),
@@ -31,6 +31,8 @@ def make(model, pixel_mean, step=None, optimizer=None, training_json=''):
     if optimizer is not None:
         objects['optimizer'] = optimizer
         objects['training'] = tf.Variable(training_json, trainable=False)
+    if loss_scale is not None:
+        objects['loss_scale'] = loss_scale
     return tf.train.Checkpoint(**objects)
 
 

@@ -13,7 +13,7 @@ from typing import List
 import numpy as np
 import tensorflow as tf
 
-from v2 import checkpoint, data
+from v2 import checkpoint, data, precision as precision_lib
 from v2.errors import UserError
 from v2.model import build
 
@@ -76,7 +76,7 @@ class Evaluator:
 
 
 def evaluate_checkpoints(ckpt_path, data_path=None, wanted=None, all_checkpoints=False,
-                         batch_size=500, output_json=None, out=print):
+                         batch_size=500, output_json=None, out=print, precision='float32'):
     """Evaluates the checkpoint(s) that ckpt_path names on the test set.
 
     The architecture comes from the checkpoint; `wanted` (a dict of ModelConfig
@@ -98,7 +98,7 @@ def evaluate_checkpoints(ckpt_path, data_path=None, wanted=None, all_checkpoints
     if output_json:
         _check_writable(output_json)
 
-    model = build(config)
+    model = build(config, compute_dtype=precision_lib.compute_dtype(precision, warn=out))
     mean = tf.Variable(saved[0].pixel_mean, trainable=False)
     ckpt = checkpoint.make(model, mean)
     evaluator = Evaluator(model)

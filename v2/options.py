@@ -45,6 +45,10 @@ flags.DEFINE_integer('widen_factor', 1, 'wide_resnet: k of WRN-d-k.', lower_boun
 flags.DEFINE_float('dropout_rate', 0.0, 'Dropout between the convs of basic units (WRN).',
                    lower_bound=0.0, upper_bound=0.99)
 flags.DEFINE_integer('eval_batch_size', 500, 'Images per evaluation batch.', lower_bound=1)
+flags.DEFINE_enum('precision', 'float32', ['float32', 'bfloat16', 'float16'],
+                  'Compute precision of the activations (variables and batch-norm statistics stay '
+                  'float32): bfloat16 for CPUs with bf16 units, TPUs and recent GPUs; float16 for '
+                  'GPUs, with dynamic loss scaling.')
 
 # Flags that do not apply to a family, refused when given explicitly.
 NOT_FOR = {

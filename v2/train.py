@@ -16,7 +16,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from v2 import checkpoint, data
+from v2 import checkpoint, data, precision as precision_lib
 from v2.errors import UserError
 from v2.evaluate import Evaluator
 from v2.model import build, count_parameters, decayed_weights
@@ -40,12 +40,14 @@ class TrainConfig:
     eval_every: int = 0
     eval_batch_size: int = 500
     seed: int = 0
+    precision: str = 'float32'
+    jit_compile: bool = False
 
     def recipe_json(self):
         """The settings that shape the result (not where files go), as stored in checkpoints."""
         recipe = dataclasses.asdict(self)
         for where in ('ckpt_path', 'log_path', 'log_per_iterations', 'max_to_keep',
-                      'eval_every', 'eval_batch_size'):
+                      'eval_every', 'eval_batch_size', 'jit_compile'):
             recipe.pop(where)
         return json.dumps(recipe, sort_keys=True)
 
@@ -98,17 +100,20 @@ class StopRequests:
             signal.signal(signum, handler)
 
 
-def make_train_step(model, optimizer, schedule, step, weight_decay):
+def make_train_step(model, optimizer, schedule, step, weight_decay, loss_scale=None,
+                    jit_compile=False):
     """The traced training step: forward, loss, gradients, update, step += 1.
 
     The loss is the mean cross-entropy plus weight_decay * sum(||w||^2) / 2 over the
     conv and linear kernels (L2 weight decay; BN scale/offset and the bias are not
-    decayed). Returns the step's metrics as scalar tensors.
+    decayed). With a loss_scale (float16), the gradients come from the scaled loss,
+    and a step whose gradients overflow is skipped and the scale lowered.
+    Returns the step's metrics as scalar tensors.
     """
     variables = model.trainable_variables
     decayed = decayed_weights(model)
 
-    @tf.function(jit_compile=False)
+    @tf.function(jit_compile=jit_compile)
     def train_step(images, labels):
         learning_rate = schedule(step)
         with tf.GradientTape() as tape:
@@ -117,12 +122,24 @@ def make_train_step(model, optimizer, schedule, step, weight_decay):
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
             l2 = weight_decay * tf.add_n([tf.nn.l2_loss(w) for w in decayed])
             loss = cross_entropy + l2
-        optimizer.apply(tape.gradient(loss, variables), variables, learning_rate)
+            scaled = loss * loss_scale.scale if loss_scale else loss
+        grads = tape.gradient(scaled, variables)
+        metrics = {}
+        if loss_scale:
+            grads = [g / loss_scale.scale for g in grads]
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+            if finite:                     # autograph: a tf.cond that skips overflowed steps
+                optimizer.apply(grads, variables, learning_rate)
+            loss_scale.update(finite)
+            metrics['loss_scale'] = loss_scale.scale.read_value()
+        else:
+            optimizer.apply(grads, variables, learning_rate)
         step.assign_add(1)
         correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
-        return dict(loss=loss, cross_entropy=cross_entropy, l2_loss=l2,
-                    accuracy=tf.reduce_mean(tf.cast(correct, tf.float32)),
-                    learning_rate=learning_rate)
+        metrics.update(loss=loss, cross_entropy=cross_entropy, l2_loss=l2,
+                       accuracy=tf.reduce_mean(tf.cast(correct, tf.float32)),
+                       learning_rate=learning_rate)
+        return metrics
 
     return train_step
 
@@ -155,12 +172,13 @@ def dry_run(model_config, config, data_path, out=print):
            'x'.join(str(d) for d in batch_images.shape)))
 
 
-def train(model_config, config, data_path, out=print):
+def train(model_config, config, data_path, out=print, on_step=None):
     """Trains (or resumes training) to config.num_iterations; returns a TrainResult.
 
     Everything that can be checked is checked before the first step: the data
     files, the folders, and that a checkpoint already in ckpt_path has this
-    architecture.
+    architecture. on_step(step), if given, is called after every step (the
+    benchmark times the real loop with it).
     """
     images, labels = load_training_data(model_config, config, data_path)
     test = (data.load_split(data_path, data.DATASETS[model_config.dataset], 'test')
@@ -172,11 +190,13 @@ def train(model_config, config, data_path, out=print):
     if saved:
         saved.check_matches(dataclasses.asdict(model_config))
 
-    model = build(model_config, seed=config.seed)
+    dtype = precision_lib.compute_dtype(config.precision, warn=out)
+    model = build(model_config, seed=config.seed, compute_dtype=dtype)
     optimizer = Momentum(model.trainable_variables, config.momentum, config.nesterov)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
     mean = tf.Variable(data.pixel_mean(images), trainable=False)
-    ckpt = checkpoint.make(model, mean, step, optimizer, config.recipe_json())
+    loss_scale = precision_lib.DynamicLossScale() if dtype == tf.float16 else None
+    ckpt = checkpoint.make(model, mean, step, optimizer, config.recipe_json(), loss_scale)
     manager = tf.train.CheckpointManager(ckpt, config.ckpt_path, max_to_keep=config.max_to_keep)
     if saved:
         checkpoint.restore(ckpt, latest)
@@ -184,16 +204,17 @@ def train(model_config, config, data_path, out=print):
             out('note: resuming with training flags that differ from the checkpoint\'s: %s'
                 % _recipe_changes(saved.training_json, config.recipe_json()))
     start = int(step.numpy())
-    out('%s: %s trainable parameters; %d training images, batch %d; %s'
+    out('%s: %s trainable parameters; %d training images, batch %d, %s; %s'
         % (model_config.describe(), format(count_parameters(model), ','), images.shape[0],
-           config.batch_size,
+           config.batch_size, dtype.name,
            'resuming at step %d from %s' % (start, latest) if saved else 'starting at step 0'))
     if start >= config.num_iterations:
         out('step %d already reaches --num_iterations=%d: nothing to train'
             % (start, config.num_iterations))
         return TrainResult(step=start, checkpoint=latest)
 
-    train_step = make_train_step(model, optimizer, config.schedule, step, config.weight_decay)
+    train_step = make_train_step(model, optimizer, config.schedule, step, config.weight_decay,
+                                 loss_scale, config.jit_compile)
     batches = data.train_batches(images, labels, mean.numpy(), config.batch_size, config.seed,
                                  start, config.num_iterations)
     evaluator = Evaluator(model) if test else None
@@ -210,6 +231,8 @@ def train(model_config, config, data_path, out=print):
     with StopRequests(out) as stop:
         for current, (batch_images, batch_labels) in enumerate(batches, start + 1):
             window.append(train_step(batch_images, batch_labels))
+            if on_step:
+                on_step(current)
             last = current == config.num_iterations
             if current % config.log_per_iterations == 0 or last or stop.signum:
                 means = _window_means(window, current)
