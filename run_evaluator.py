@@ -7,6 +7,8 @@ one with --all_checkpoints). The architecture and the data set come from the
 checkpoint; an architecture flag given explicitly must match it.
 """
 
+import os
+
 from absl import flags
 
 from v2 import evaluate, options
@@ -15,10 +17,20 @@ from v2.errors import UserError
 flags.DEFINE_string('ckpt_path', None, 'Checkpoint prefix, or a folder of checkpoints.')
 flags.DEFINE_boolean('all_checkpoints', False, 'Evaluate every checkpoint in the folder.')
 flags.DEFINE_string('output_json', None, 'Also write the figures to this JSON file.')
+flags.DEFINE_string('log_path', None,
+                    'TensorBoard folder for the test figures of each checkpoint. Default with '
+                    '--all_checkpoints: the trainer\'s, <checkpoint folder>/logs.')
 flags.mark_flag_as_required('ckpt_path')
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(options)      # --helpshort lists the shared flags too
+
+
+def _log_path():
+    if FLAGS.log_path or not FLAGS.all_checkpoints:
+        return FLAGS.log_path
+    folder = FLAGS.ckpt_path if os.path.isdir(FLAGS.ckpt_path) else os.path.dirname(FLAGS.ckpt_path)
+    return os.path.join(folder, 'logs')
 
 
 def main(argv):
@@ -28,7 +40,7 @@ def main(argv):
     evaluate.evaluate_checkpoints(
         FLAGS.ckpt_path, FLAGS.data_path, options.explicit_architecture(),
         all_checkpoints=FLAGS.all_checkpoints, batch_size=FLAGS.eval_batch_size,
-        output_json=FLAGS.output_json, precision=FLAGS.precision)
+        output_json=FLAGS.output_json, precision=FLAGS.precision, log_path=_log_path())
     return 0
 
 

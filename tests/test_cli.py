@@ -46,7 +46,7 @@ def test_train_then_evaluate_end_to_end(trained):
     run = run_script('run_evaluator.py', '--path=%s' % (trained / 'data'),     # seed-era alias
                      '--ckpt_path=%s' % (trained / 'ckpt'), '--output_json=%s' % out_json)
     assert run.returncode == 0, run.stderr
-    assert 'ResNet-8 on 24 test images' in run.stdout and 'per-class accuracy' in run.stdout
+    assert 'ResNet-8 on 24 test images' in run.stdout and 'per class' in run.stdout
     report = json.loads(out_json.read_text())
     assert report['checkpoints'][0]['step'] == 4
     assert report['checkpoints'][0]['num_examples'] == 24

@@ -25,6 +25,7 @@ def test_warmup_of_resnet110(step, rate):
     ((100, 100), (0.1, 0.01, 0.001), 'strictly increasing'),
     ((32000,), (0.1, 0.01, 0.001), 'one value more'),
     ((32000,), (0.1, -0.01), 'positive'),
+    ((32000,), (0.1, float('nan')), 'positive and finite'),
 ])
 def test_bad_schedules_are_refused(boundaries, values, message):
     with pytest.raises(UserError, match=message):

@@ -104,7 +104,7 @@ def test_evaluate_every_checkpoint_of_a_folder(tiny_data, tmp_path):
     report = json.loads(out_json.read_text())
     assert report['model'] == 'ResNet-8' and len(report['checkpoints']) == 2
     assert report['checkpoints'][1]['error'] == pytest.approx(1 - results[1][2].accuracy)
-    assert 'per-class accuracy' in '\n'.join(lines)
+    assert 'per class' in '\n'.join(lines)
 
 
 def test_evaluation_reuses_one_trace_across_batches_and_checkpoints(tiny_data, tmp_path):
@@ -178,3 +178,22 @@ def test_training_on_real_images_lowers_the_loss(real_data, tmp_path):
               if line.startswith('step ') and 'loss' in line]
     assert len(losses) == 3
     assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_report_gives_precision_recall_and_the_confusion_matrix_and_tensorboard(tiny_data,
+                                                                                 tmp_path):
+    train.train(TINY, config(tmp_path), str(tiny_data), out=lambda s: None)
+    lines = []
+    results = evaluate.evaluate_checkpoints(str(tmp_path / 'ckpt'), str(tiny_data), {},
+                                            all_checkpoints=True, out=lines.append,
+                                            log_path=str(tmp_path / 'logs'))
+    text = '\n'.join(lines)
+    metrics = results[-1][2]
+    confusion = np.array(metrics.confusion)
+    assert 'precision' in text and 'confusion matrix' in text
+    assert confusion.shape == (10, 10) and confusion.sum() == 24
+    predicted = confusion.sum(axis=0)
+    for k in range(10):
+        expected = confusion[k, k] / predicted[k] if predicted[k] else 0.0
+        assert metrics.per_class_precision[k] == pytest.approx(expected)
+    assert os.listdir(tmp_path / 'logs' / 'evaluator')

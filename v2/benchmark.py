@@ -37,6 +37,8 @@ flags.DEFINE_integer('warmup_steps', 20, 'Steps run before timing (tracing, cach
 flags.DEFINE_integer('windows', 5, 'Timing windows.', lower_bound=1)
 flags.DEFINE_integer('window_steps', 30, 'Steps in each timing window.', lower_bound=1)
 flags.DEFINE_boolean('keras', True, 'Also time a Keras 3 model.fit of the same network.')
+flags.DEFINE_list('rss_steps', [], 'Instead of timing: train this many steps and print the '
+                  'resident memory at each listed step (e.g. 500,3000), to show it does not grow.')
 
 FLAGS = flags.FLAGS
 
@@ -75,6 +77,24 @@ def window_rates(times, batch_size, warmup, windows, steps):
         end = times[warmup + (w + 1) * steps - 1]
         rates.append(steps * batch_size / (end - start))
     return rates
+
+
+def current_rss_mib():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+
+
+def memory_over_steps(model_config, config, data_path, folder, steps):
+    """Resident memory (MiB) after each of `steps` in one real training run."""
+    marks = {}
+    config = dataclasses.replace(config, ckpt_path=os.path.join(folder, 'ckpt'),
+                                 log_path=os.path.join(folder, 'logs'), num_iterations=max(steps))
+
+    def sample(step):
+        if step in steps:
+            marks[step] = current_rss_mib()
+    train.train(model_config, config, data_path, out=lambda line: None, on_step=sample)
+    return marks
 
 
 def peak_rss_mib():
@@ -211,6 +231,14 @@ def main(argv):
             write_random_cifar10(data_path)
         if model_config.dataset != 'cifar10':
             raise UserError('the benchmark reads CIFAR-10 files; drop --dataset')
+        if FLAGS.rss_steps:
+            steps = sorted(int(s) for s in FLAGS.rss_steps)
+            marks = memory_over_steps(model_config, config, data_path, folder, steps)
+            for step in steps:
+                print('resident memory after step %6d: %8.1f MiB' % (step, marks[step]))
+            print('growth from step %d to %d: %+.1f MiB' % (steps[0], steps[-1],
+                                                           marks[steps[-1]] - marks[steps[0]]))
+            return 0
         b = FLAGS.batch_size
         trainer = window_rates(time_trainer(model_config, config, data_path, folder, total),
                                b, FLAGS.warmup_steps, FLAGS.windows, FLAGS.window_steps)

@@ -9,6 +9,7 @@ variable is restored, never half-loaded.
 
 import dataclasses
 import os
+import shutil
 
 import tensorflow as tf
 
@@ -34,6 +35,22 @@ def make(model, pixel_mean, step=None, optimizer=None, training_json='', loss_sc
     if loss_scale is not None:
         objects['loss_scale'] = loss_scale
     return tf.train.Checkpoint(**objects)
+
+
+def remove_partial_saves(folder):
+    """Deletes the ckpt-N_temp folders a save leaves when it is killed; returns their paths.
+
+    TensorFlow writes a checkpoint into such a folder and renames the files into
+    place before it updates the folder's index, so a cut-off save never touches the
+    previous checkpoint; it only leaves this debris.
+    """
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith('ckpt-') and name.endswith('_temp') and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def is_prefix(path):

@@ -24,7 +24,8 @@ class Metrics:
     num_examples: int
     cross_entropy: float
     accuracy: float
-    per_class_accuracy: List[float]
+    per_class_accuracy: List[float]   # = per-class recall
+    per_class_precision: List[float]
     confusion: List[List[int]]      # rows: true class, columns: predicted class
 
     @property
@@ -62,11 +63,13 @@ class Evaluator:
             cross_entropy += float(batch_ce)
             confusion += batch_confusion.numpy()
         total = int(confusion.sum())
-        per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+        recall = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+        precision = confusion.diagonal() / np.maximum(confusion.sum(axis=0), 1)
         return Metrics(num_examples=total,
                        cross_entropy=cross_entropy / max(total, 1),
                        accuracy=float(confusion.trace()) / max(total, 1),
-                       per_class_accuracy=[float(a) for a in per_class],
+                       per_class_accuracy=[float(a) for a in recall],
+                       per_class_precision=[float(p) for p in precision],
                        confusion=confusion.tolist())
 
     @property
@@ -76,12 +79,16 @@ class Evaluator:
 
 
 def evaluate_checkpoints(ckpt_path, data_path=None, wanted=None, all_checkpoints=False,
-                         batch_size=500, output_json=None, out=print, precision='float32'):
+                         batch_size=500, output_json=None, out=print, precision='float32',
+                         log_path=None):
     """Evaluates the checkpoint(s) that ckpt_path names on the test set.
 
     The architecture comes from the checkpoint; `wanted` (a dict of ModelConfig
     fields the user set explicitly) must match it. data_path None means the
-    folder the checkpoint's data set extracts to. Returns [(prefix, step, Metrics)].
+    folder the checkpoint's data set extracts to. With log_path, each checkpoint's
+    test cross-entropy and accuracy go to TensorBoard at its step, in the run
+    log_path/evaluator beside the trainer's train/ and eval/ runs.
+    Returns [(prefix, step, Metrics)].
     """
     prefixes = checkpoint.find_all(ckpt_path) if all_checkpoints else [checkpoint.find(ckpt_path)]
     saved = [checkpoint.Saved(p) for p in prefixes]
@@ -102,11 +109,20 @@ def evaluate_checkpoints(ckpt_path, data_path=None, wanted=None, all_checkpoints
     mean = tf.Variable(saved[0].pixel_mean, trainable=False)
     ckpt = checkpoint.make(model, mean)
     evaluator = Evaluator(model)
+    writer = (tf.summary.create_file_writer(os.path.join(log_path, 'evaluator'))
+              if log_path else None)
     results = []
     for s in saved:
         checkpoint.restore(ckpt, s.prefix)
         metrics = evaluator(data.eval_batches(images, labels, mean.numpy(), batch_size))
         results.append((s.prefix, s.step, metrics))
+        if writer and s.step is not None:
+            with writer.as_default(step=s.step):
+                tf.summary.scalar('cross_entropy', metrics.cross_entropy)
+                tf.summary.scalar('accuracy', metrics.accuracy)
+    if writer:
+        writer.flush()
+        out('TensorBoard: tensorboard --logdir=%s (run "evaluator")' % log_path)
 
     out(report(results, config, spec.class_names))
     if output_json:
@@ -130,9 +146,16 @@ def report(results, config, class_names):
         lines.append('%10s %14.4f %9.2f%% %7.2f%%  %s' % (step, m.cross_entropy,
                                                          100 * m.accuracy, 100 * m.error, prefix))
     last = results[-1][2]
-    lines.append('per-class accuracy (%s):' % os.path.basename(results[-1][0]))
-    lines.extend('  %-12s %6.2f%%' % (name, 100 * a)
-                 for name, a in zip(class_names, last.per_class_accuracy))
+    lines.append('per class (%s):   precision   recall (= accuracy)'
+                 % os.path.basename(results[-1][0]))
+    lines.extend('  %-14s %9.2f%% %9.2f%%' % (name, 100 * p, 100 * r) for name, p, r in
+                 zip(class_names, last.per_class_precision, last.per_class_accuracy))
+    if len(class_names) <= 20:          # CIFAR-100's 100x100 matrix is in the JSON only
+        width = max(5, len(str(max(max(row) for row in last.confusion))) + 1)
+        lines.append('confusion matrix (rows: true class, columns: predicted class):')
+        lines.append(' ' * 14 + ''.join('%*s' % (width, name[:width - 1]) for name in class_names))
+        lines.extend('  %-12s' % name + ''.join('%*d' % (width, n) for n in row)
+                     for name, row in zip(class_names, last.confusion))
     return '\n'.join(lines)
 
 

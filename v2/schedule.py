@@ -29,8 +29,8 @@ class Schedule:
                 any(b <= 0 for b in self.boundaries):
             raise UserError('--lr_boundaries=%s must be positive and strictly increasing'
                             % ','.join(str(b) for b in self.boundaries))
-        if any(v <= 0 for v in self.values):
-            raise UserError('--lr_values=%s must all be positive'
+        if not all(0 < v < float('inf') for v in self.values):     # also refuses nan
+            raise UserError('--lr_values=%s must all be positive and finite'
                             % ','.join(str(v) for v in self.values))
 
     def __call__(self, step):

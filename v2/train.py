@@ -9,6 +9,7 @@ restarted with the same --ckpt_path continues from the saved step to that total.
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -42,6 +43,8 @@ class TrainConfig:
     seed: int = 0
     precision: str = 'float32'
     jit_compile: bool = False
+    deterministic: bool = False
+    nan_policy: str = 'stop'
 
     def recipe_json(self):
         """The settings that shape the result (not where files go), as stored in checkpoints."""
@@ -101,17 +104,19 @@ class StopRequests:
 
 
 def make_train_step(model, optimizer, schedule, step, weight_decay, loss_scale=None,
-                    jit_compile=False):
+                    jit_compile=False, skip_non_finite=False):
     """The traced training step: forward, loss, gradients, update, step += 1.
 
     The loss is the mean cross-entropy plus weight_decay * sum(||w||^2) / 2 over the
     conv and linear kernels (L2 weight decay; BN scale/offset and the bias are not
-    decayed). With a loss_scale (float16), the gradients come from the scaled loss,
-    and a step whose gradients overflow is skipped and the scale lowered.
+    decayed). With a loss_scale (float16), the gradients come from the scaled loss
+    and the scale adapts. With a loss_scale or skip_non_finite, a step whose loss or
+    gradients are not finite changes no weight (metric 'skipped' is 1).
     Returns the step's metrics as scalar tensors.
     """
     variables = model.trainable_variables
     decayed = decayed_weights(model)
+    guarded = skip_non_finite or loss_scale is not None
 
     @tf.function(jit_compile=jit_compile)
     def train_step(images, labels):
@@ -127,11 +132,16 @@ def make_train_step(model, optimizer, schedule, step, weight_decay, loss_scale=N
         metrics = {}
         if loss_scale:
             grads = [g / loss_scale.scale for g in grads]
-            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-            if finite:                     # autograph: a tf.cond that skips overflowed steps
+        if guarded:
+            finite = tf.logical_and(
+                tf.math.is_finite(loss),
+                tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
+            if finite:                     # autograph: a tf.cond that skips the update
                 optimizer.apply(grads, variables, learning_rate)
-            loss_scale.update(finite)
-            metrics['loss_scale'] = loss_scale.scale.read_value()
+            metrics['skipped'] = 1.0 - tf.cast(finite, tf.float32)
+            if loss_scale:
+                loss_scale.update(finite)
+                metrics['loss_scale'] = loss_scale.scale.read_value()
         else:
             optimizer.apply(grads, variables, learning_rate)
         step.assign_add(1)
@@ -158,6 +168,16 @@ def load_training_data(model_config, config, data_path):
         raise UserError('--batch_size=%d is larger than the %d training images in %s'
                         % (config.batch_size, images.shape[0], data_path))
     return images, labels
+
+
+def check_free_space(path, ckpt_bytes, keep):
+    """Refuses to start when the folder cannot hold the checkpoints it will keep."""
+    free = shutil.disk_usage(path).free
+    needed = ckpt_bytes * (keep + 1)             # the kept ones and the one being written
+    if free < needed:
+        raise UserError('--ckpt_path=%s: %.1f MB free, but %d checkpoints of %.1f MB need '
+                        '%.1f MB; free some space or lower --max_to_keep'
+                        % (path, free / 1e6, keep + 1, ckpt_bytes / 1e6, needed / 1e6))
 
 
 def dry_run(model_config, config, data_path, out=print):
@@ -191,12 +211,19 @@ def train(model_config, config, data_path, out=print, on_step=None):
         saved.check_matches(dataclasses.asdict(model_config))
 
     dtype = precision_lib.compute_dtype(config.precision, warn=out)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     model = build(model_config, seed=config.seed, compute_dtype=dtype)
     optimizer = Momentum(model.trainable_variables, config.momentum, config.nesterov)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
     mean = tf.Variable(data.pixel_mean(images), trainable=False)
     loss_scale = precision_lib.DynamicLossScale() if dtype == tf.float16 else None
     ckpt = checkpoint.make(model, mean, step, optimizer, config.recipe_json(), loss_scale)
+    check_free_space(config.ckpt_path,
+                     sum(v.numpy().nbytes for v in model.variables + optimizer.variables),
+                     config.max_to_keep)
+    for partial in checkpoint.remove_partial_saves(config.ckpt_path):
+        out('removed %s, left by a save that was cut off' % partial)
     manager = tf.train.CheckpointManager(ckpt, config.ckpt_path, max_to_keep=config.max_to_keep)
     if saved:
         checkpoint.restore(ckpt, latest)
@@ -214,7 +241,8 @@ def train(model_config, config, data_path, out=print, on_step=None):
         return TrainResult(step=start, checkpoint=latest)
 
     train_step = make_train_step(model, optimizer, config.schedule, step, config.weight_decay,
-                                 loss_scale, config.jit_compile)
+                                 loss_scale, config.jit_compile,
+                                 skip_non_finite=config.nan_policy == 'skip_step')
     batches = data.train_batches(images, labels, mean.numpy(), config.batch_size, config.seed,
                                  start, config.num_iterations)
     evaluator = Evaluator(model) if test else None
@@ -240,12 +268,14 @@ def train(model_config, config, data_path, out=print, on_step=None):
                 rate = len(window) * config.batch_size / (now - window_start)
                 window, window_start = [], now
                 _write_summaries(writer, means, rate, current)
-                out('step %d/%d  loss %.4f  accuracy %.3f  lr %g  %.0f img/s  left %s'
+                out('step %d/%d  loss %.4f  accuracy %.3f  lr %g  %.0f img/s  left %s%s'
                     % (current, config.num_iterations, means['loss'], means['accuracy'],
                        means['learning_rate'], rate,
                        format_duration((config.num_iterations - current)
-                                       * config.batch_size / rate)))
-                result.checkpoint = manager.save(checkpoint_number=current)
+                                       * config.batch_size / rate),
+                       '  skipped %d non-finite steps' % means['skipped_steps']
+                       if means.get('skipped_steps') else ''))
+                result.checkpoint = _save(manager, current, result.checkpoint)
                 result.last_metrics = means
             if evaluator and (current % config.eval_every == 0 or last):
                 metrics = evaluator(data.eval_batches(*test, mean.numpy(),
@@ -266,14 +296,38 @@ def train(model_config, config, data_path, out=print, on_step=None):
 
 
 def _window_means(window, current):
-    """Means of the window's step metrics; stops the run on a non-finite loss."""
+    """Means of the window's step metrics over the steps that updated the weights.
+
+    A non-finite loss in a step that did update (nan_policy "stop") ends the run
+    before anything is saved, so the last checkpoint stays the last good one.
+    """
     values = {k: np.array([float(m[k]) for m in window]) for k in window[0]}
-    if not np.all(np.isfinite(values['loss'])):
-        first = current - len(window) + 1 + int(np.argmin(np.isfinite(values['loss'])))
+    skipped = values.pop('skipped', np.zeros(len(window))) > 0
+    bad = ~np.isfinite(values['loss']) & ~skipped
+    if bad.any():
+        first = current - len(window) + 1 + int(np.argmax(bad))
         raise UserError('the loss became %s at step %d; stopped without saving, so the last '
-                        'checkpoint is the last good one (try a lower --lr_values)'
-                        % (values['loss'][first - (current - len(window) + 1)], first))
-    return {k: float(v.mean()) for k, v in values.items()}
+                        'checkpoint is the last good one (lower --lr_values, or '
+                        '--nan_policy=skip_step to skip such steps)'
+                        % (values['loss'][int(np.argmax(bad))], first))
+    if skipped.all():
+        raise UserError('every step from %d to %d had a non-finite loss or gradient and was '
+                        'skipped; stopped (lower --lr_values)'
+                        % (current - len(window) + 1, current))
+    means = {k: float(v[~skipped].mean()) for k, v in values.items()}
+    means['skipped_steps'] = int(skipped.sum())
+    return means
+
+
+def _save(manager, current, last_good):
+    """manager.save, with a failure (a full disk, a folder gone) reported in one line."""
+    try:
+        return manager.save(checkpoint_number=current)
+    except (OSError, tf.errors.OpError) as e:
+        raise UserError('could not save the checkpoint of step %d in %s (%s); the last good '
+                        'checkpoint is %s' % (current, manager.directory,
+                                              getattr(e, 'strerror', None) or
+                                              str(e).strip().splitlines()[0], last_good)) from None
 
 
 def _write_summaries(writer, means, rate, current):

@@ -31,6 +31,12 @@ flags.DEFINE_integer('max_to_keep', 5, 'Checkpoints kept in --ckpt_path.', lower
 flags.DEFINE_integer('eval_every', 0, 'Evaluate on test_batch.bin every N steps (0: never).',
                      lower_bound=0)
 flags.DEFINE_integer('seed', 0, 'Seed of initialisation, shuffling and augmentation.')
+flags.DEFINE_boolean('deterministic', False,
+                     'TensorFlow op determinism: a run interrupted and resumed ends with the same '
+                     'weights, bit for bit, as one never interrupted (somewhat slower).')
+flags.DEFINE_enum('nan_policy', 'stop', ['stop', 'skip_step'],
+                  'On a non-finite loss: stop without saving (the last checkpoint stays good), '
+                  'or skip that step\'s update and go on.')
 flags.DEFINE_boolean('dry_run', False, 'Print the architecture and the input pipeline, then exit.')
 flags.DEFINE_boolean('jit_compile', False,
                      'Compile the training step with XLA: faster on GPUs, about 2x slower on the '
@@ -70,5 +76,7 @@ def configs_from_flags():
         eval_batch_size=FLAGS.eval_batch_size,
         seed=FLAGS.seed,
         precision=FLAGS.precision,
-        jit_compile=FLAGS.jit_compile)
+        jit_compile=FLAGS.jit_compile,
+        deterministic=FLAGS.deterministic,
+        nan_policy=FLAGS.nan_policy)
     return model_config, config
