@@ -78,6 +78,16 @@ class Evaluator:
         return self._sums.experimental_get_tracing_count()
 
 
+def load_network(ckpt_path, wanted=None, precision='float32', out=print):
+    """The network of the checkpoint --ckpt_path names, restored; with its Saved metadata."""
+    saved = checkpoint.Saved(checkpoint.find(ckpt_path))
+    saved.check_matches(wanted or {})
+    net = build(saved.config, compute_dtype=precision_lib.compute_dtype(precision, warn=out))
+    checkpoint.restore(checkpoint.make(net, tf.Variable(saved.pixel_mean, trainable=False)),
+                       saved.prefix)
+    return net, saved
+
+
 def evaluate_checkpoints(ckpt_path, data_path=None, wanted=None, all_checkpoints=False,
                          batch_size=500, output_json=None, out=print, precision='float32',
                          log_path=None):
