@@ -11,7 +11,7 @@ import sys
 
 from absl import flags
 
-from v2 import model, options, train, train_options
+from v2 import download, model, options, train, train_options
 from v2.errors import UserError
 from v2.train_options import FLAGS, configs_from_flags
 
@@ -26,6 +26,9 @@ def main(argv):
                         % ' '.join(argv[1:]))
     model_config, config = configs_from_flags()
     data_path = options.data_path(model_config)
+    if FLAGS.download:
+        download.download(model_config.dataset, data_path, FLAGS.download_url,
+                          FLAGS.download_md5)
     if FLAGS.dry_run:
         print(model.summary(model.build(model_config)))
         train.dry_run(model_config, config, data_path)

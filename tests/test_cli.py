@@ -96,7 +96,8 @@ def _damage(data, name, how):
 # (script, extra flags, damage to the data, exit status, what the one line must say)
 BAD_INPUTS = {
     'no data folder': ('run_trainer.py', ['--data_path={root}/nowhere'], None, 1,
-                       'no such folder; download the binary version (cifar-10-binary.tar.gz)'),
+                       'no such folder; add --download to fetch it, or download the binary '
+                       'version (cifar-10-binary.tar.gz)'),
     'data path is a file': ('run_trainer.py', ['--data_path={data}/test_batch.bin'], None, 1,
                             'is a file; it must be the folder'),
     'a batch file missing': ('run_trainer.py', [], ('data_batch_2.bin', 'missing'), 1,
@@ -124,8 +125,8 @@ BAD_INPUTS = {
     'unknown model': ('run_trainer.py', ['--model=densenet'], None, 2,
                       'flag --model=densenet: value should be one of'),
     'missing CIFAR-100 files': ('run_trainer.py', ['--dataset=cifar100'], None, 1,
-                                'missing train.bin; download the binary version '
-                                '(cifar-100-binary.tar.gz)'),
+                                'missing train.bin; add --download to fetch it, or download '
+                                'the binary version (cifar-100-binary.tar.gz)'),
     'zero batch': ('run_trainer.py', ['--batch_size=0'], None, 2, '--batch_size=0'),
     'negative batch': ('run_trainer.py', ['--batch_size=-5'], None, 2, '--batch_size=-5'),
     'batch larger than the data': ('run_trainer.py', ['--batch_size=500'], None, 1,

@@ -86,7 +86,7 @@ def test_label_out_of_range_names_file_and_record(tiny_data):
 
 
 def test_data_path_must_be_an_existing_folder(tmp_path):
-    with pytest.raises(UserError, match='no such folder; download'):
+    with pytest.raises(UserError, match='no such folder; add --download'):
         data.check_files(str(tmp_path / 'nowhere'), data.CIFAR10.train_files)
     (tmp_path / 'file').write_bytes(b'x')
     with pytest.raises(UserError, match='is a file'):

@@ -83,8 +83,8 @@ RECORD_BYTES = CIFAR10.record_bytes
 
 
 def get_hint(spec):
-    return ('download the binary version (%s) from https://www.cs.toronto.edu/~kriz/cifar.html '
-            'and extract it' % spec.archive)
+    return ('add --download to fetch it, or download the binary version (%s) from '
+            'https://www.cs.toronto.edu/~kriz/cifar.html and extract it' % spec.archive)
 
 
 def check_files(data_path, names, spec=CIFAR10):

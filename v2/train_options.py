@@ -37,6 +37,11 @@ flags.DEFINE_boolean('deterministic', False,
 flags.DEFINE_enum('nan_policy', 'stop', ['stop', 'skip_step'],
                   'On a non-finite loss: stop without saving (the last checkpoint stays good), '
                   'or skip that step\'s update and go on.')
+flags.DEFINE_boolean('download', False,
+                     'Fetch the official binary archive into --data_path first (MD5-checked, '
+                     'resumable) unless its files are there.')
+flags.DEFINE_string('download_url', None, 'Another address of the archive (a mirror).')
+flags.DEFINE_string('download_md5', None, 'The MD5 of the archive at --download_url.')
 flags.DEFINE_boolean('dry_run', False, 'Print the architecture and the input pipeline, then exit.')
 flags.DEFINE_boolean('jit_compile', False,
                      'Compile the training step with XLA: faster on GPUs, about 2x slower on the '
