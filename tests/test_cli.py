@@ -198,7 +198,8 @@ def test_corrupt_checkpoint_is_refused_in_one_line(trained, tmp_path):
     assert len(lines) == 1 and 'ckpt-4' in lines[0], run.stderr
 
 
-def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(trained, tmp_path):
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_the_run_resumes(trained, tmp_path, signum):
     ckpt = tmp_path / 'ckpt'
     args = [sys.executable, str(ROOT / 'run_trainer.py'), '--data_path=%s' % (trained / 'data'),
             '--ckpt_path=%s' % ckpt, '--num_iterations=100000', '--num_layers=8',
@@ -211,12 +212,12 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(trained, tmp_path):
         while 'TensorBoard' not in line and time.time() < deadline:
             line = process.stdout.readline()
         time.sleep(3)                                   # some steps into the run
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         out, err = process.communicate(timeout=120)
     finally:
         process.kill()
-    assert process.returncode == 128 + signal.SIGINT, err
-    assert 'SIGINT received' in out and 'run the same command to resume' in out
+    assert process.returncode == 128 + signum, err
+    assert '%s received' % signum.name in out and 'run the same command to resume' in out
     stopped = int(out.split('stopped at step ')[1].split(';')[0])
     assert 0 < stopped < 1000 and (ckpt / ('ckpt-%d.index' % stopped)).exists()
     run = run_script('run_trainer.py', '--data_path=%s' % (trained / 'data'),

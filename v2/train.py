@@ -255,7 +255,6 @@ def train(model_config, config, data_path, out=print, on_step=None):
     result = TrainResult(step=start, checkpoint=latest)
     window = []
     window_start = time.perf_counter()
-    rate = None
     with StopRequests(out) as stop:
         for current, (batch_images, batch_labels) in enumerate(batches, start + 1):
             window.append(train_step(batch_images, batch_labels))
