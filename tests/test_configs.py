@@ -1,7 +1,5 @@
 """The papers' recipes in configs/*.flags parse and describe what their comments say."""
 
-import pathlib
-
 import pytest
 from absl import flags
 

@@ -1,7 +1,6 @@
 """Mixed precision: bfloat16 and float16 steps, the dynamic loss scale, the CPU fallback."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from v2 import model, precision, train

@@ -24,7 +24,7 @@ import tempfile
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from v2 import data, model, options, precision as precision_lib, schedule, train
 from v2.errors import UserError

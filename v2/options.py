@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags, logging
 
-from v2 import data, layers, model
+from v2 import data, layers, model, precision
 from v2.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -45,7 +45,7 @@ flags.DEFINE_integer('widen_factor', 1, 'wide_resnet: k of WRN-d-k.', lower_boun
 flags.DEFINE_float('dropout_rate', 0.0, 'Dropout between the convs of basic units (WRN).',
                    lower_bound=0.0, upper_bound=0.99)
 flags.DEFINE_integer('eval_batch_size', 500, 'Images per evaluation batch.', lower_bound=1)
-flags.DEFINE_enum('precision', 'float32', ['float32', 'bfloat16', 'float16'],
+flags.DEFINE_enum('precision', 'float32', list(precision.PRECISIONS),
                   'Compute precision of the activations (variables and batch-norm statistics stay '
                   'float32): bfloat16 for CPUs with bf16 units, TPUs and recent GPUs; float16 for '
                   'GPUs, with dynamic loss scaling.')
