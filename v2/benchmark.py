@@ -28,6 +28,8 @@ from absl import flags
 
 from v2 import data, model, options, precision as precision_lib, schedule, train
 from v2.errors import UserError
+from v2.evaluate import Evaluator
+from v2.optimizer import Momentum
 from v2.train_options import configs_from_flags
 
 import tensorflow as tf  # noqa: E402  (after v2, which quiets its start-up)
@@ -119,7 +121,7 @@ def time_trainer(model_config, config, data_path, folder, total_steps):
 def time_in_memory_step(model_config, precision, total_steps):
     """Step end times of the same traced step fed one constant batch (no input pipeline)."""
     net = model.build(model_config, compute_dtype=precision_lib.compute_dtype(precision))
-    optimizer = train.Momentum(net.trainable_variables)
+    optimizer = Momentum(net.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64)
     loss_scale = precision_lib.DynamicLossScale() if precision == 'float16' else None
     train_step = train.make_train_step(net, optimizer, schedule.Schedule(), step, 1e-4,
@@ -135,7 +137,6 @@ def time_in_memory_step(model_config, precision, total_steps):
 
 def time_evaluation(model_config, data_path, precision, passes=3):
     """Images/second of each pass of the Evaluator over the test set."""
-    from v2.evaluate import Evaluator
     net = model.build(model_config, compute_dtype=precision_lib.compute_dtype(precision))
     images, labels = data.load_split(data_path, data.CIFAR10, 'test')
     mean = data.pixel_mean(images)
