@@ -6,6 +6,7 @@ further checkpoint re-use the same trace.
 """
 
 import dataclasses
+import functools
 import json
 import os
 from typing import List
@@ -42,9 +43,13 @@ class Evaluator:
     def __init__(self, model):
         self.model = model
         self.num_classes = model.config.num_classes
-        self._sums = tf.function(self._batch_sums, input_signature=[
-            tf.TensorSpec([None, data.IMAGE_SIZE, data.IMAGE_SIZE, data.CHANNELS], tf.float32),
-            tf.TensorSpec([None], tf.int32)])
+        # A partial, not the bound method: TensorFlow counts traces per code object and
+        # would warn of "retracing" when many Evaluators (one per training run) trace it.
+        self._sums = tf.function(functools.partial(Evaluator._batch_sums, self),
+                                 input_signature=[
+                                     tf.TensorSpec([None, data.IMAGE_SIZE, data.IMAGE_SIZE,
+                                                    data.CHANNELS], tf.float32),
+                                     tf.TensorSpec([None], tf.int32)])
 
     def _batch_sums(self, images, labels):
         logits = self.model(images, training=False)

@@ -1,17 +1,15 @@
-"""The absl flags shared by run_trainer.py and run_evaluator.py, and how they run.
+"""The absl flags shared by run_trainer.py and run_evaluator.py.
 
 Importing this module defines the shared flags once; each script adds its own.
-`run(main)` is absl's app.run with two additions: a flag error or a UserError is
-printed as one line on stderr with exit status 2 or 1, never as a traceback.
+`run` and `parse_flags` (from v2.cli) are re-exported for the scripts.
 """
 
 import dataclasses
-import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags
 
 from v2 import data, layers, model, precision
+from v2.cli import parse_flags, run  # noqa: F401  (re-exported for the scripts)
 from v2.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -112,30 +110,3 @@ def explicit_architecture():
 def data_path(config):
     """--data_path, or the folder the data set's official archive extracts to."""
     return FLAGS.data_path or data.DATASETS[config.dataset].folder
-
-
-def _program():
-    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'run'
-
-
-def parse_flags(argv):
-    """absl's flag parsing, with a one-line message for any flag error."""
-    try:
-        remaining = FLAGS(argv)
-    except flags.Error as e:
-        sys.stderr.write('%s: error: %s (see --helpfull)\n' % (_program(), e))
-        sys.exit(2)
-    if not FLAGS['verbosity'].present:
-        logging.set_verbosity(logging.WARNING)   # TensorFlow's INFO lines would bury progress
-    return remaining
-
-
-def run(main):
-    """app.run(main) that turns a UserError into one line on stderr and exit status 1."""
-    def guarded(argv):
-        try:
-            return main(argv)
-        except UserError as e:
-            sys.stderr.write('%s: error: %s\n' % (_program(), e))
-            sys.exit(1)
-    app.run(guarded, flags_parser=parse_flags)

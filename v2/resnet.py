@@ -218,13 +218,16 @@ class ResNet(tf.Module):
             note('stage %d' % (s + 1), x)
         if self.final_bn:
             x = tf.nn.relu(self.final_bn(x, training))
-        x = note('global average pool', tf.reduce_mean(x, axis=[1, 2]))
+        x = note(self._pool_name(), tf.reduce_mean(x, axis=[1, 2]))
         return note('linear', tf.cast(self.fc(x), tf.float32))
+
+    def _pool_name(self):
+        return 'BN, ReLU, average pool' if self.final_bn else 'global average pool'
 
     def parts(self):
         """(name, modules) of each part whose output __call__ traces, for summaries."""
         stem = [self.stem] + ([self.stem_bn] if self.stem_bn else [])
         return ([('stem', stem)]
                 + [('stage %d' % (s + 1), units) for s, units in enumerate(self.stages)]
-                + [('global average pool', [self.final_bn] if self.final_bn else []),
+                + [(self._pool_name(), [self.final_bn] if self.final_bn else []),
                    ('linear', [self.fc])])

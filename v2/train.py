@@ -192,13 +192,16 @@ def dry_run(model_config, config, data_path, out=print):
            'x'.join(str(d) for d in batch_images.shape)))
 
 
-def train(model_config, config, data_path, out=print, on_step=None):
+def train(model_config, config, data_path, out=print, on_step=None, on_record=None):
     """Trains (or resumes training) to config.num_iterations; returns a TrainResult.
 
     Everything that can be checked is checked before the first step: the data
     files, the folders, and that a checkpoint already in ckpt_path has this
     architecture. on_step(step), if given, is called after every step (the
-    benchmark times the real loop with it).
+    benchmark times the real loop with it). on_record(step, split, metrics), if
+    given, receives every logged window's means (split 'train') and every test
+    evaluation (split 'test'), always before the checkpoint of that step is
+    written, so a caller's record never lags the checkpoints it resumes from.
     """
     images, labels = load_training_data(model_config, config, data_path)
     test = (data.load_split(data_path, data.DATASETS[model_config.dataset], 'test')
@@ -261,7 +264,8 @@ def train(model_config, config, data_path, out=print, on_step=None):
             if on_step:
                 on_step(current)
             last = current == config.num_iterations
-            if current % config.log_per_iterations == 0 or last or stop.signum:
+            logged = current % config.log_per_iterations == 0 or last or stop.signum
+            if logged:
                 means = _window_means(window, current)
                 now = time.perf_counter()
                 rate = len(window) * config.batch_size / (now - window_start)
@@ -274,8 +278,9 @@ def train(model_config, config, data_path, out=print, on_step=None):
                                        * config.batch_size / rate),
                        '  skipped %d non-finite steps' % means['skipped_steps']
                        if means.get('skipped_steps') else ''))
-                result.checkpoint = _save(manager, current, result.checkpoint)
                 result.last_metrics = means
+                if on_record:
+                    on_record(current, 'train', means)
             if evaluator and (current % config.eval_every == 0 or last):
                 metrics = evaluator(data.eval_batches(*test, mean.numpy(),
                                                       config.eval_batch_size))
@@ -284,6 +289,11 @@ def train(model_config, config, data_path, out=print, on_step=None):
                     tf.summary.scalar('accuracy', metrics.accuracy)
                 out('step %d: test cross-entropy %.4f  accuracy %.2f%%'
                     % (current, metrics.cross_entropy, 100 * metrics.accuracy))
+                if on_record:
+                    on_record(current, 'test', {'cross_entropy': metrics.cross_entropy,
+                                                'accuracy': metrics.accuracy})
+            if logged:
+                result.checkpoint = _save(manager, current, result.checkpoint)
             result.step = current
             if stop.signum:
                 result.stopped_by = stop.signum
