@@ -40,19 +40,32 @@ class BatchNorm(tf.Module):
     Training normalises with the batch statistics and updates the moving averages;
     evaluation uses the moving averages. Scale, offset and statistics stay float32
     whatever the dtype of the activations.
+
+    Under a tf.distribute strategy each replica normalises with its own batch's
+    statistics and keeps its own moving averages (ON_READ variables, averaged over
+    the replicas when read for a checkpoint or for evaluation), as the papers' multi-
+    GPU training did. With `synchronized` set (--sync_batch_norm), the statistics
+    are summed over all replicas first, so a distributed step normalises exactly as
+    one device would with the whole global batch.
     """
+    synchronized = False
 
     def __init__(self, channels, name):
         super().__init__(name=name)
+        per_replica = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                           aggregation=tf.VariableAggregation.MEAN)
         with self.name_scope:
             self.gamma = tf.Variable(tf.ones([channels]), name='gamma')
             self.beta = tf.Variable(tf.zeros([channels]), name='beta')
-            self.moving_mean = tf.Variable(tf.zeros([channels]), trainable=False,
-                                           name='moving_mean')
-            self.moving_variance = tf.Variable(tf.ones([channels]), trainable=False,
-                                               name='moving_variance')
+            self.moving_mean = tf.Variable(tf.zeros([channels]), name='moving_mean',
+                                           **per_replica)
+            self.moving_variance = tf.Variable(tf.ones([channels]), name='moving_variance',
+                                               **per_replica)
 
     def __call__(self, x, training):
+        if training and self.synchronized and tf.distribute.in_cross_replica_context() is False \
+                and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            return self._synchronized(x)
         out = tf.raw_ops.FusedBatchNormV3(
             x=x, scale=self.gamma, offset=self.beta,
             mean=self.moving_mean, variance=self.moving_variance,
@@ -63,6 +76,23 @@ class BatchNorm(tf.Module):
             self.moving_mean.assign(out.batch_mean)
             self.moving_variance.assign(out.batch_variance)
         return out.y
+
+    def _synchronized(self, x):
+        """Training-mode batch norm with mean and variance over every replica's batch."""
+        x32 = tf.cast(x, tf.float32)
+        count = tf.cast(tf.size(x32) // tf.shape(x32)[-1], tf.float32)
+        sums = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM,
+            [tf.reduce_sum(x32, [0, 1, 2]), tf.reduce_sum(tf.square(x32), [0, 1, 2]), count])
+        total, squares, n = sums
+        mean = total / n
+        variance = tf.maximum(squares / n - tf.square(mean), 0.0)
+        y = tf.nn.batch_normalization(x32, mean, variance, self.beta, self.gamma, BN_EPSILON)
+        factor = 1.0 - BN_MOMENTUM              # as the fused kernel: unbiased running variance
+        self.moving_mean.assign((1 - factor) * self.moving_mean + factor * mean)
+        self.moving_variance.assign((1 - factor) * self.moving_variance
+                                    + factor * variance * n / tf.maximum(n - 1.0, 1.0))
+        return tf.cast(y, x.dtype)
 
 
 class Dense(tf.Module):

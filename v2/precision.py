@@ -45,9 +45,12 @@ class DynamicLossScale(tf.Module):
     def __init__(self, initial=2.0 ** 15, growth_interval=2000, name='loss_scale'):
         super().__init__(name=name)
         self.growth_interval = growth_interval
+        # Every replica computes the same update (from all-reduced gradients); under a
+        # tf.distribute strategy the first replica's is kept.
+        shared = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         with self.name_scope:
-            self.scale = tf.Variable(initial, trainable=False, dtype=tf.float32, name='scale')
-            self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64, name='good_steps')
+            self.scale = tf.Variable(initial, dtype=tf.float32, name='scale', **shared)
+            self.good_steps = tf.Variable(0, dtype=tf.int64, name='good_steps', **shared)
 
     def update(self, finite):
         """Adapts the scale to whether this step's gradients were all finite."""

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from v2 import checkpoint, data, precision as precision_lib
+from v2 import checkpoint, data, distribution, layers, precision as precision_lib
 from v2.errors import UserError
 from v2.evaluate import Evaluator
 from v2.model import build, count_parameters, decayed_weights
@@ -45,12 +45,18 @@ class TrainConfig:
     jit_compile: bool = False
     deterministic: bool = False
     nan_policy: str = 'stop'
+    sync_batch_norm: bool = False
+    distribution_strategy: str = 'default'
+    devices: tuple = ()
+    cpu_devices: int = 0
+    worker_timeout: int = 60
 
     def recipe_json(self):
         """The settings that shape the result (not where files go), as stored in checkpoints."""
         recipe = dataclasses.asdict(self)
         for where in ('ckpt_path', 'log_path', 'log_per_iterations', 'max_to_keep',
-                      'eval_every', 'eval_batch_size', 'jit_compile'):
+                      'eval_every', 'eval_batch_size', 'jit_compile', 'distribution_strategy',
+                      'devices', 'cpu_devices', 'worker_timeout'):
             recipe.pop(where)
         return json.dumps(recipe, sort_keys=True)
 
@@ -104,7 +110,7 @@ class StopRequests:
 
 
 def make_train_step(model, optimizer, schedule, step, weight_decay, loss_scale=None,
-                    jit_compile=False, skip_non_finite=False):
+                    jit_compile=False, skip_non_finite=False, strategy=None, global_batch=None):
     """The traced training step: forward, loss, gradients, update, step += 1.
 
     The loss is the mean cross-entropy plus weight_decay * sum(||w||^2) / 2 over the
@@ -112,43 +118,65 @@ def make_train_step(model, optimizer, schedule, step, weight_decay, loss_scale=N
     decayed). With a loss_scale (float16), the gradients come from the scaled loss
     and the scale adapts. With a loss_scale or skip_non_finite, a step whose loss or
     gradients are not finite changes no weight (metric 'skipped' is 1).
-    Returns the step's metrics as scalar tensors.
+
+    The step runs under strategy.run (tf.distribute's default strategy: one device).
+    Each replica's cross-entropy is averaged over the GLOBAL batch and its weight
+    decay divided by the number of replicas, so that the gradients summed over the
+    replicas are those of the whole batch; every replica then applies that same
+    update to its own copy of the weights. Returns the step's metrics as scalars.
     """
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
     variables = model.trainable_variables
     decayed = decayed_weights(model)
     guarded = skip_non_finite or loss_scale is not None
+    sum_ = tf.distribute.ReduceOp.SUM
 
-    @tf.function(jit_compile=jit_compile)
-    def train_step(images, labels):
+    def replica_step(images, labels):
         learning_rate = schedule(step)
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
-            cross_entropy = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-            l2 = weight_decay * tf.add_n([tf.nn.l2_loss(w) for w in decayed])
+            cross_entropy = tf.nn.compute_average_loss(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits),
+                global_batch_size=global_batch or tf.shape(labels)[0])
+            l2 = weight_decay * tf.add_n([tf.nn.l2_loss(w) for w in decayed]) / replicas
             loss = cross_entropy + l2
             scaled = loss * loss_scale.scale if loss_scale else loss
         grads = tape.gradient(scaled, variables)
-        metrics = {}
+        context = tf.distribute.get_replica_context()
+        if replicas > 1:
+            grads = context.all_reduce(sum_, grads)
         if loss_scale:
             grads = [g / loss_scale.scale for g in grads]
+        shared = {'learning_rate': learning_rate}
         if guarded:
+            whole_loss = context.all_reduce(sum_, loss) if replicas > 1 else loss
             finite = tf.logical_and(
-                tf.math.is_finite(loss),
+                tf.math.is_finite(whole_loss),
                 tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
             if finite:                     # autograph: a tf.cond that skips the update
                 optimizer.apply(grads, variables, learning_rate)
-            metrics['skipped'] = 1.0 - tf.cast(finite, tf.float32)
+            shared['skipped'] = 1.0 - tf.cast(finite, tf.float32)
             if loss_scale:
                 loss_scale.update(finite)
-                metrics['loss_scale'] = loss_scale.scale.read_value()
+                shared['loss_scale'] = loss_scale.scale.read_value()
         else:
             optimizer.apply(grads, variables, learning_rate)
         step.assign_add(1)
         correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
-        metrics.update(loss=loss, cross_entropy=cross_entropy, l2_loss=l2,
-                       accuracy=tf.reduce_mean(tf.cast(correct, tf.float32)),
-                       learning_rate=learning_rate)
+        # Shares of the global batch's means: their sum over the replicas is the mean.
+        shares = dict(loss=loss, cross_entropy=cross_entropy, l2_loss=l2,
+                      accuracy=tf.nn.compute_average_loss(
+                          tf.cast(correct, tf.float32),
+                          global_batch_size=global_batch or tf.shape(labels)[0]))
+        return shares, shared
+
+    @tf.function(jit_compile=jit_compile)
+    def train_step(images, labels):
+        shares, shared = strategy.run(replica_step, args=(images, labels))
+        metrics = {k: strategy.reduce(sum_, v, axis=None) for k, v in shares.items()}
+        metrics.update({k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+                        for k, v in shared.items()})
         return metrics
 
     return train_step
@@ -202,12 +230,22 @@ def train(model_config, config, data_path, out=print, on_step=None, on_record=No
     given, receives every logged window's means (split 'train') and every test
     evaluation (split 'test'), always before the checkpoint of that step is
     written, so a caller's record never lags the checkpoints it resumes from.
+
+    config.distribution_strategy picks the tf.distribute strategy (v2.distribution);
+    it is set up first, as TensorFlow requires. Under multi_worker every worker runs
+    this function; only the chief (worker 0) writes into ckpt_path and log_path.
     """
+    cluster = distribution.make_cluster(config.distribution_strategy, config.devices,
+                                        config.cpu_devices, config.worker_timeout)
+    if not cluster.is_chief:
+        out = (lambda line, say=out: say('worker %d: %s' % (cluster.worker_index, line)))
+    distribution.check_batch(config.batch_size, cluster)
     images, labels = load_training_data(model_config, config, data_path)
     test = (data.load_split(data_path, data.DATASETS[model_config.dataset], 'test')
             if config.eval_every else None)
-    prepare_folder(config.ckpt_path, 'ckpt_path')
-    prepare_folder(config.log_path, 'log_path')
+    if cluster.is_chief:
+        prepare_folder(config.ckpt_path, 'ckpt_path')
+        prepare_folder(config.log_path, 'log_path')
     latest = tf.train.latest_checkpoint(config.ckpt_path)
     saved = checkpoint.Saved(latest) if latest else None
     if saved:
@@ -216,27 +254,35 @@ def train(model_config, config, data_path, out=print, on_step=None, on_record=No
     dtype = precision_lib.compute_dtype(config.precision, warn=out)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    model = build(model_config, seed=config.seed, compute_dtype=dtype)
-    optimizer = Momentum(model.trainable_variables, config.momentum, config.nesterov)
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
+    with cluster.strategy.scope():
+        model = build(model_config, seed=config.seed, compute_dtype=dtype)
+        for module in model.submodules:
+            if isinstance(module, layers.BatchNorm):
+                module.synchronized = config.sync_batch_norm
+        optimizer = Momentum(model.trainable_variables, config.momentum, config.nesterov)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step',
+                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        loss_scale = precision_lib.DynamicLossScale() if dtype == tf.float16 else None
     mean = tf.Variable(data.pixel_mean(images), trainable=False)
-    loss_scale = precision_lib.DynamicLossScale() if dtype == tf.float16 else None
     ckpt = checkpoint.make(model, mean, step, optimizer, config.recipe_json(), loss_scale)
-    check_free_space(config.ckpt_path,
-                     sum(v.numpy().nbytes for v in model.variables + optimizer.variables),
-                     config.max_to_keep)
-    for partial in checkpoint.remove_partial_saves(config.ckpt_path):
-        out('removed %s, left by a save that was cut off' % partial)
+    if cluster.is_chief:
+        check_free_space(config.ckpt_path,
+                         sum(v.shape.num_elements() * v.dtype.size
+                             for v in model.variables + optimizer.variables),
+                         config.max_to_keep)
+        for partial in checkpoint.remove_partial_saves(config.ckpt_path):
+            out('removed %s, left by a save that was cut off' % partial)
     manager = tf.train.CheckpointManager(ckpt, config.ckpt_path, max_to_keep=config.max_to_keep)
     if saved:
         checkpoint.restore(ckpt, latest)
-        if saved.training_json and saved.training_json != config.recipe_json():
+        changes = _recipe_changes(saved.training_json, config.recipe_json())
+        if saved.training_json and changes:
             out('note: resuming with training flags that differ from the checkpoint\'s: %s'
-                % _recipe_changes(saved.training_json, config.recipe_json()))
+                % changes)
     start = int(step.numpy())
-    out('%s: %s trainable parameters; %d training images, batch %d, %s; %s'
+    out('%s: %s trainable parameters; %d training images, batch %d, %s, %s; %s'
         % (model_config.describe(), format(count_parameters(model), ','), images.shape[0],
-           config.batch_size, dtype.name,
+           config.batch_size, dtype.name, cluster.describe(),
            'resuming at step %d from %s' % (start, latest) if saved else 'starting at step 0'))
     if start >= config.num_iterations:
         out('step %d already reaches --num_iterations=%d: nothing to train'
@@ -245,63 +291,87 @@ def train(model_config, config, data_path, out=print, on_step=None, on_record=No
 
     train_step = make_train_step(model, optimizer, config.schedule, step, config.weight_decay,
                                  loss_scale, config.jit_compile,
-                                 skip_non_finite=config.nan_policy == 'skip_step')
-    batches = data.train_batches(images, labels, mean.numpy(), config.batch_size, config.seed,
-                                 start, config.num_iterations)
+                                 skip_non_finite=config.nan_policy == 'skip_step',
+                                 strategy=cluster.strategy, global_batch=config.batch_size)
+    batches = distribution.distribute_batches(
+        cluster, lambda: data.train_batches(images, labels, mean.numpy(), config.batch_size,
+                                            config.seed, start, config.num_iterations),
+        config.batch_size)
+    folders = distribution.WorkerFolders(cluster)
     evaluator = Evaluator(model) if test else None
-    writer = tf.summary.create_file_writer(os.path.join(config.log_path, 'train'))
-    eval_writer = (tf.summary.create_file_writer(os.path.join(config.log_path, 'eval'))
-                   if test else None)
-    out('checkpoints: %s   TensorBoard: tensorboard --logdir=%s'
-        % (config.ckpt_path, config.log_path))
-
+    writer = folders.summary_writer(config.log_path, 'train')
+    eval_writer = folders.summary_writer(config.log_path, 'eval') if test else None
+    if cluster.is_chief:
+        out('checkpoints: %s   TensorBoard: tensorboard --logdir=%s'
+            % (config.ckpt_path, config.log_path))
     result = TrainResult(step=start, checkpoint=latest)
+    try:
+        with StopRequests(out) as stop:
+            _loop(config, batches, train_step, evaluator, test, mean, writer, eval_writer,
+                  folders, manager, ckpt, stop, result, out, on_step, on_record, cluster.is_chief)
+    except distribution.PEER_ERRORS as e:
+        if cluster.name != 'multi_worker':
+            raise
+        raise UserError('worker %d: lost contact with the other workers (%s); the last '
+                        'checkpoint is %s: start every worker again with the same command to '
+                        'resume from it' % (cluster.worker_index, distribution.reason(e),
+                                             result.checkpoint)) from None
+    finally:
+        folders.close()
+    writer.flush()
+    if cluster.distributed:
+        out('weights digest %s (the same on every worker of a synchronous run)'
+            % distribution.weights_digest(cluster, model.trainable_variables))
+    return result
+
+
+def _loop(config, batches, train_step, evaluator, test, mean, writer, eval_writer, folders,
+          manager, ckpt, stop, result, out, on_step, on_record, chief):
+    """Steps until num_iterations or a stop request; logs, evaluates and saves on the way."""
     window = []
     window_start = time.perf_counter()
-    with StopRequests(out) as stop:
-        for current, (batch_images, batch_labels) in enumerate(batches, start + 1):
-            window.append(train_step(batch_images, batch_labels))
-            if on_step:
-                on_step(current)
-            last = current == config.num_iterations
-            logged = current % config.log_per_iterations == 0 or last or stop.signum
-            if logged:
-                means = _window_means(window, current)
-                now = time.perf_counter()
-                rate = len(window) * config.batch_size / (now - window_start)
-                window, window_start = [], now
-                _write_summaries(writer, means, rate, current)
-                out('step %d/%d  loss %.4f  accuracy %.3f  lr %g  %.0f img/s  left %s%s'
-                    % (current, config.num_iterations, means['loss'], means['accuracy'],
-                       means['learning_rate'], rate,
-                       format_duration((config.num_iterations - current)
-                                       * config.batch_size / rate),
-                       '  skipped %d non-finite steps' % means['skipped_steps']
-                       if means.get('skipped_steps') else ''))
-                result.last_metrics = means
-                if on_record:
-                    on_record(current, 'train', means)
-            if evaluator and (current % config.eval_every == 0 or last):
-                metrics = evaluator(data.eval_batches(*test, mean.numpy(),
-                                                      config.eval_batch_size))
-                with eval_writer.as_default(step=current):
-                    tf.summary.scalar('cross_entropy', metrics.cross_entropy)
-                    tf.summary.scalar('accuracy', metrics.accuracy)
+    for current, (batch_images, batch_labels) in enumerate(batches, result.step + 1):
+        window.append(train_step(batch_images, batch_labels))
+        if on_step:
+            on_step(current)
+        last = current == config.num_iterations
+        logged = current % config.log_per_iterations == 0 or last or stop.signum
+        if logged:
+            means = _window_means(window, current)
+            now = time.perf_counter()
+            rate = len(window) * config.batch_size / (now - window_start)
+            window, window_start = [], now
+            _write_summaries(writer, means, rate, current)
+            out('step %d/%d  loss %.4f  accuracy %.3f  lr %g  %.0f img/s  left %s%s'
+                % (current, config.num_iterations, means['loss'], means['accuracy'],
+                   means['learning_rate'], rate,
+                   format_duration((config.num_iterations - current)
+                                   * config.batch_size / rate),
+                   '  skipped %d non-finite steps' % means['skipped_steps']
+                   if means.get('skipped_steps') else ''))
+            result.last_metrics = means
+            if on_record:
+                on_record(current, 'train', means)
+        if evaluator and (current % config.eval_every == 0 or last):
+            # Every worker evaluates (reading the averaged BN statistics is a collective).
+            metrics = evaluator(data.eval_batches(*test, mean.numpy(), config.eval_batch_size))
+            with eval_writer.as_default(step=current):
+                tf.summary.scalar('cross_entropy', metrics.cross_entropy)
+                tf.summary.scalar('accuracy', metrics.accuracy)
+            if chief:
                 out('step %d: test cross-entropy %.4f  accuracy %.2f%%'
                     % (current, metrics.cross_entropy, 100 * metrics.accuracy))
-                if on_record:
-                    on_record(current, 'test', {'cross_entropy': metrics.cross_entropy,
-                                                'accuracy': metrics.accuracy})
-            if logged:
-                result.checkpoint = _save(manager, current, result.checkpoint)
-            result.step = current
-            if stop.signum:
-                result.stopped_by = stop.signum
-                out('stopped at step %d; checkpoint %s; run the same command to resume'
-                    % (current, result.checkpoint))
-                break
-    writer.flush()
-    return result
+            if on_record:
+                on_record(current, 'test', {'cross_entropy': metrics.cross_entropy,
+                                            'accuracy': metrics.accuracy})
+        if logged:
+            result.checkpoint = _save(folders, manager, ckpt, current, result.checkpoint)
+        result.step = current
+        if stop.signum:
+            result.stopped_by = stop.signum
+            out('stopped at step %d; checkpoint %s; run the same command to resume'
+                % (current, result.checkpoint))
+            break
 
 
 def _window_means(window, current):
@@ -328,11 +398,13 @@ def _window_means(window, current):
     return means
 
 
-def _save(manager, current, last_good):
-    """manager.save, with a failure (a full disk, a folder gone) reported in one line."""
+def _save(folders, manager, ckpt, current, last_good):
+    """Saves (see WorkerFolders.save); a failure (a full disk, a folder gone) is one line."""
     try:
-        return manager.save(checkpoint_number=current)
+        return folders.save(manager, ckpt, current)
     except (OSError, tf.errors.OpError) as e:
+        if isinstance(e, distribution.PEER_ERRORS) and folders.cluster.name == 'multi_worker':
+            raise                       # a lost worker, not a disk problem: train() reports it
         raise UserError('could not save the checkpoint of step %d in %s (%s); the last good '
                         'checkpoint is %s' % (current, manager.directory,
                                               getattr(e, 'strerror', None) or
@@ -347,6 +419,8 @@ def _write_summaries(writer, means, rate, current):
 
 
 def _recipe_changes(before, after):
-    before, after = json.loads(before), json.loads(after)
+    """What differs between two recipes; a setting the older one lacks had its default."""
+    defaults = json.loads(TrainConfig(ckpt_path='', log_path='').recipe_json())
+    before, after = dict(defaults, **json.loads(before or '{}')), json.loads(after)
     return ', '.join('%s %s -> %s' % (k, before.get(k), after.get(k))
                      for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k))

@@ -5,7 +5,7 @@ Defined once, at import, for run_trainer.py and the benchmark alike.
 
 from absl import flags
 
-from v2 import options, schedule, train
+from v2 import distribution, options, schedule, train
 from v2.errors import UserError
 
 flags.DEFINE_string('ckpt_path', None,
@@ -47,6 +47,21 @@ flags.DEFINE_boolean('jit_compile', False,
                      'Compile the training step with XLA: faster on GPUs, about 2x slower on the '
                      'CPUs measured here (see README).')
 
+flags.DEFINE_enum('distribution_strategy', 'default', list(distribution.STRATEGIES),
+                  'default: one device; mirrored: every local GPU (or --devices, or '
+                  '--cpu_devices) in sync; multi_worker: several machines, the cluster read '
+                  'from TF_CONFIG (worker 0 is the chief and writes the checkpoints).')
+flags.DEFINE_list('devices', [], 'mirrored: the devices to use, e.g. /gpu:0,/gpu:1 '
+                  '(default: every GPU).')
+flags.DEFINE_integer('cpu_devices', 0, 'mirrored: split the CPU into this many logical devices '
+                     '(to try mirrored training without GPUs).', lower_bound=0)
+flags.DEFINE_boolean('sync_batch_norm', False,
+                     'Batch-norm statistics over the global batch (all replicas) instead of '
+                     'each replica\'s own batch, as in the papers.')
+flags.DEFINE_integer('worker_timeout', 60,
+                     'multi_worker: seconds a collective waits for the other workers before '
+                     'this worker gives up with an error.', lower_bound=1)
+
 FLAGS = flags.FLAGS
 
 
@@ -83,5 +98,10 @@ def configs_from_flags():
         precision=FLAGS.precision,
         jit_compile=FLAGS.jit_compile,
         deterministic=FLAGS.deterministic,
-        nan_policy=FLAGS.nan_policy)
+        nan_policy=FLAGS.nan_policy,
+        sync_batch_norm=FLAGS.sync_batch_norm,
+        distribution_strategy=FLAGS.distribution_strategy,
+        devices=tuple(FLAGS.devices),
+        cpu_devices=FLAGS.cpu_devices,
+        worker_timeout=FLAGS.worker_timeout)
     return model_config, config

@@ -1,0 +1,217 @@
+"""tf.distribute: mirrored over two logical CPUs, multi_worker over two local processes.
+
+Every process a test starts is bounded by a timeout and killed in `finally`; ports are
+chosen free by binding to port 0.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT, error_lines, run_script, write_cifar
+from v2 import distribution
+
+TINY = ['--num_layers=8', '--batch_size=16', '--log_per_iterations=3', '--lr_values=0.05',
+        '--lr_boundaries=', '--deterministic']
+
+
+def model_weights(prefix):
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()
+            if n.startswith('model/')}
+
+
+def same_weights(a, b, tolerance=1e-4):
+    """Equal within float tolerance (relative, for the large early BN variances too)."""
+    assert a.keys() == b.keys()
+    return all(np.allclose(a[n], b[n], rtol=tolerance, atol=tolerance) for n in a)
+
+
+def digest(stdout):
+    line = [line for line in stdout.splitlines() if 'weights digest' in line][-1]
+    return line.split('weights digest ')[1].split()[0]
+
+
+@pytest.fixture(scope='module')
+def data_path(tmp_path_factory):
+    return write_cifar(tmp_path_factory.mktemp('dist') / 'data')
+
+
+def train(data_path, ckpt, steps, *extra):
+    run = run_script('run_trainer.py', '--data_path=%s' % data_path, '--ckpt_path=%s' % ckpt,
+                     '--num_iterations=%d' % steps, *TINY, *extra, timeout=240)
+    assert run.returncode == 0, run.stderr
+    return run
+
+
+def test_worker_batches_cut_the_global_batch_in_replica_order():
+    ids = tf.data.Dataset.range(3).map(
+        lambda s: (tf.reshape(tf.cast(tf.range(16) + 100 * tf.cast(s, tf.int32), tf.float32),
+                              [16, 1, 1, 1]), tf.range(16) + 100 * tf.cast(s, tf.int32)))
+    context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
+                                         num_replicas_in_sync=4)
+    got = [labels.numpy().tolist() for _, labels in
+           distribution.worker_batches(ids, 16, context)]
+    # Worker 1 of 2 holds rows 8..15 of every global batch; its two replicas 4 rows each.
+    assert got == [[8, 9, 10, 11], [12, 13, 14, 15], [108, 109, 110, 111], [112, 113, 114, 115],
+                   [208, 209, 210, 211], [212, 213, 214, 215]]
+
+
+def test_mirrored_over_two_cpus_trains_the_weights_one_device_does(data_path, tmp_path):
+    single = train(data_path, tmp_path / 'single', 6)
+    assert 'one device' in single.stdout
+    mirrored = train(data_path, tmp_path / 'mirrored', 6, '--distribution_strategy=mirrored',
+                     '--cpu_devices=2', '--sync_batch_norm')
+    assert 'mirrored over 2 replicas' in mirrored.stdout
+    reference = model_weights(tmp_path / 'single' / 'ckpt-6')
+    assert same_weights(reference, model_weights(tmp_path / 'mirrored' / 'ckpt-6'))
+    # Resumed under another strategy from a one-device checkpoint: the same weights again.
+    train(data_path, tmp_path / 'switched', 3)
+    resumed = train(data_path, tmp_path / 'switched', 6, '--distribution_strategy=mirrored',
+                    '--cpu_devices=2', '--sync_batch_norm')
+    assert 'resuming at step 3' in resumed.stdout
+    assert same_weights(reference, model_weights(tmp_path / 'switched' / 'ckpt-6'))
+    # Per-replica statistics (the default, as in the papers) normalise each half batch
+    # on its own: a different computation, so measurably different weights.
+    per_replica = train(data_path, tmp_path / 'per_replica', 6,
+                        '--distribution_strategy=mirrored', '--cpu_devices=2')
+    assert not same_weights(reference, model_weights(tmp_path / 'per_replica' / 'ckpt-6'),
+                            tolerance=1e-3)
+    assert 'weights digest' in per_replica.stdout       # the replicas' copies agreed
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--distribution_strategy=mirrored', '--cpu_devices=2', '--batch_size=15'],
+     '--batch_size=15 does not divide by the 2 replicas of mirrored over 2 replicas'),
+    (['--distribution_strategy=mirrored', '--devices=/gpu:7'],
+     '--devices=/gpu:7: no device /gpu:7 here'),
+    (['--cpu_devices=2'], '--devices and --cpu_devices need --distribution_strategy=mirrored'),
+    (['--distribution_strategy=multi_worker'], '--distribution_strategy=multi_worker needs '
+                                               'TF_CONFIG'),
+])
+def test_bad_distribution_flags_get_one_line(data_path, tmp_path, extra, message):
+    run = run_script('run_trainer.py', '--data_path=%s' % data_path,
+                     '--ckpt_path=%s' % (tmp_path / 'ckpt'), '--num_iterations=2', *TINY, *extra)
+    assert run.returncode == 1
+    lines = error_lines(run.stderr)
+    assert len(lines) == 1 and message in lines[0], run.stderr
+    assert not (tmp_path / 'ckpt').exists()
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(('127.0.0.1', 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class Cluster:
+    """Worker processes of run_trainer.py on 127.0.0.1, each with its own TF_CONFIG."""
+
+    def __init__(self, tmp_path, count=2):
+        self.tmp_path = tmp_path
+        self.addresses = ['127.0.0.1:%d' % p for p in free_ports(count)]
+        self.processes, self.logs = [], []
+
+    def start(self, *args):
+        for index in range(len(self.addresses)):
+            env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+            env['TF_CONFIG'] = json.dumps({'cluster': {'worker': self.addresses},
+                                           'task': {'type': 'worker', 'index': index}})
+            env['TMPDIR'] = str(self.tmp_path / ('tmp%d' % index))
+            os.makedirs(env['TMPDIR'], exist_ok=True)
+            log = open(self.tmp_path / ('worker%d-%d.log' % (index, len(self.logs))), 'w+')
+            self.logs.append(log)
+            self.processes.append(subprocess.Popen(
+                [sys.executable, str(ROOT / 'run_trainer.py'), *args,
+                 '--distribution_strategy=multi_worker'],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
+        return self.processes[-len(self.addresses):]
+
+    def output(self, process):
+        log = self.logs[self.processes.index(process)]
+        log.flush()
+        log.seek(0)
+        return log.read()
+
+    def wait(self, processes, timeout):
+        deadline = time.monotonic() + timeout
+        for p in processes:
+            p.wait(timeout=max(1, deadline - time.monotonic()))
+        return [p.returncode for p in processes]
+
+    def close(self):
+        for p in self.processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for log in self.logs:
+            log.close()
+
+
+def test_multi_worker_trains_in_sync_and_the_chief_alone_writes(data_path, tmp_path):
+    ckpt = tmp_path / 'ckpt'
+    cluster = Cluster(tmp_path)
+    try:
+        workers = cluster.start('--data_path=%s' % data_path, '--ckpt_path=%s' % ckpt,
+                                '--num_iterations=6', *TINY, '--sync_batch_norm')
+        assert cluster.wait(workers, timeout=240) == [0, 0], [cluster.output(w) for w in workers]
+        chief, other = (cluster.output(w) for w in workers)
+    finally:
+        cluster.close()
+    assert 'multi_worker: worker 0 of 2 (chief), 2 replicas in all' in chief
+    assert digest(chief) == digest(other)                       # identical weights
+    assert sorted(os.listdir(ckpt)) == ['checkpoint', 'ckpt-3.data-00000-of-00001',
+                                        'ckpt-3.index', 'ckpt-6.data-00000-of-00001',
+                                        'ckpt-6.index', 'logs']
+    assert os.listdir(ckpt / 'logs') == ['train']
+    assert os.listdir(tmp_path / 'tmp1') == []          # worker 1's copies were removed
+    # Two workers with one replica each and pooled statistics: one device's weights.
+    train(data_path, tmp_path / 'single', 6)
+    assert same_weights(model_weights(tmp_path / 'single' / 'ckpt-6'),
+                        model_weights(ckpt / 'ckpt-6'))
+    evaluated = run_script('run_evaluator.py', '--ckpt_path=%s' % ckpt,
+                           '--data_path=%s' % data_path)
+    assert evaluated.returncode == 0 and 'accuracy' in evaluated.stdout, evaluated.stderr
+    # The same global batch on one worker now: it resumes from the chief's checkpoint.
+    resumed = train(data_path, ckpt, 9, '--sync_batch_norm')
+    assert 'resuming at step 6' in resumed.stdout
+
+
+def test_a_killed_worker_stops_the_other_and_a_restart_resumes(data_path, tmp_path):
+    ckpt = tmp_path / 'ckpt'
+    args = ['--data_path=%s' % data_path, '--ckpt_path=%s' % ckpt, *TINY, '--worker_timeout=10']
+    cluster = Cluster(tmp_path)
+    try:
+        chief, other = cluster.start(*args, '--num_iterations=100000')
+        deadline = time.monotonic() + 180
+        while 'step 6/' not in cluster.output(chief):
+            assert time.monotonic() < deadline and chief.poll() is None, cluster.output(chief)
+            time.sleep(0.5)
+        other.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        assert cluster.wait([chief], timeout=60) == [1]
+        assert time.monotonic() - killed_at < 60
+        lines = error_lines(cluster.output(chief))
+        assert len(lines) == 1 and 'worker 0: lost contact with the other workers' in lines[0]
+        last = tf.train.latest_checkpoint(str(ckpt))
+        assert last and 'start every worker again with the same command' in lines[0]
+        step = int(last.rsplit('-', 1)[1])
+        # Restarting the cluster resumes from the last checkpoint.
+        restarted = cluster.start(*args, '--num_iterations=%d' % (step + 3))
+        assert cluster.wait(restarted, timeout=240) == [0, 0], cluster.output(restarted[0])
+        assert all('resuming at step %d' % step in cluster.output(w) for w in restarted)
+    finally:
+        cluster.close()
