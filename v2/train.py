@@ -13,6 +13,7 @@ import shutil
 import signal
 import tempfile
 import time
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -297,18 +298,23 @@ def train(model_config, config, data_path, out=print, on_step=None, on_record=No
         cluster, lambda: data.train_batches(images, labels, mean.numpy(), config.batch_size,
                                             config.seed, start, config.num_iterations),
         config.batch_size)
+    evaluate = None
+    if test:
+        evaluator = Evaluator(model)
+        evaluate = lambda: evaluator(data.eval_batches(*test, mean.numpy(),  # noqa: E731
+                                                       config.eval_batch_size))
     folders = distribution.WorkerFolders(cluster)
-    evaluator = Evaluator(model) if test else None
-    writer = folders.summary_writer(config.log_path, 'train')
-    eval_writer = folders.summary_writer(config.log_path, 'eval') if test else None
+    outputs = _Outputs(out, folders, manager, ckpt,
+                       folders.summary_writer(config.log_path, 'train'),
+                       folders.summary_writer(config.log_path, 'eval') if test else None,
+                       on_step, on_record, cluster.is_chief)
     if cluster.is_chief:
         out('checkpoints: %s   TensorBoard: tensorboard --logdir=%s'
             % (config.ckpt_path, config.log_path))
     result = TrainResult(step=start, checkpoint=latest)
     try:
         with StopRequests(out) as stop:
-            _loop(config, batches, train_step, evaluator, test, mean, writer, eval_writer,
-                  folders, manager, ckpt, stop, result, out, on_step, on_record, cluster.is_chief)
+            _loop(config, train_step, batches, evaluate, outputs, stop, result)
     except distribution.PEER_ERRORS as e:
         if cluster.name != 'multi_worker':
             raise
@@ -318,22 +324,35 @@ def train(model_config, config, data_path, out=print, on_step=None, on_record=No
                                              result.checkpoint)) from None
     finally:
         folders.close()
-    writer.flush()
+    outputs.writer.flush()
     if cluster.distributed:
         out('weights digest %s (the same on every worker of a synchronous run)'
             % distribution.weights_digest(cluster, model.trainable_variables))
     return result
 
 
-def _loop(config, batches, train_step, evaluator, test, mean, writer, eval_writer, folders,
-          manager, ckpt, stop, result, out, on_step, on_record, chief):
+@dataclasses.dataclass
+class _Outputs:
+    """Where a run's results go: progress lines, checkpoints, summaries, the caller's hooks."""
+    out: Callable
+    folders: distribution.WorkerFolders
+    manager: tf.train.CheckpointManager
+    ckpt: tf.train.Checkpoint
+    writer: object
+    eval_writer: object
+    on_step: Optional[Callable]
+    on_record: Optional[Callable]
+    chief: bool
+
+
+def _loop(config, train_step, batches, evaluate, o, stop, result):
     """Steps until num_iterations or a stop request; logs, evaluates and saves on the way."""
     window = []
     window_start = time.perf_counter()
     for current, (batch_images, batch_labels) in enumerate(batches, result.step + 1):
         window.append(train_step(batch_images, batch_labels))
-        if on_step:
-            on_step(current)
+        if o.on_step:
+            o.on_step(current)
         last = current == config.num_iterations
         logged = current % config.log_per_iterations == 0 or last or stop.signum
         if logged:
@@ -341,36 +360,36 @@ def _loop(config, batches, train_step, evaluator, test, mean, writer, eval_write
             now = time.perf_counter()
             rate = len(window) * config.batch_size / (now - window_start)
             window, window_start = [], now
-            _write_summaries(writer, means, rate, current)
-            out('step %d/%d  loss %.4f  accuracy %.3f  lr %g  %.0f img/s  left %s%s'
-                % (current, config.num_iterations, means['loss'], means['accuracy'],
-                   means['learning_rate'], rate,
-                   format_duration((config.num_iterations - current)
-                                   * config.batch_size / rate),
-                   '  skipped %d non-finite steps' % means['skipped_steps']
-                   if means.get('skipped_steps') else ''))
+            _write_summaries(o.writer, means, rate, current)
+            o.out('step %d/%d  loss %.4f  accuracy %.3f  lr %g  %.0f img/s  left %s%s'
+                  % (current, config.num_iterations, means['loss'], means['accuracy'],
+                     means['learning_rate'], rate,
+                     format_duration((config.num_iterations - current)
+                                     * config.batch_size / rate),
+                     '  skipped %d non-finite steps' % means['skipped_steps']
+                     if means.get('skipped_steps') else ''))
             result.last_metrics = means
-            if on_record:
-                on_record(current, 'train', means)
-        if evaluator and (current % config.eval_every == 0 or last):
+            if o.on_record:
+                o.on_record(current, 'train', means)
+        if evaluate and (current % config.eval_every == 0 or last):
             # Every worker evaluates (reading the averaged BN statistics is a collective).
-            metrics = evaluator(data.eval_batches(*test, mean.numpy(), config.eval_batch_size))
-            with eval_writer.as_default(step=current):
+            metrics = evaluate()
+            with o.eval_writer.as_default(step=current):
                 tf.summary.scalar('cross_entropy', metrics.cross_entropy)
                 tf.summary.scalar('accuracy', metrics.accuracy)
-            if chief:
-                out('step %d: test cross-entropy %.4f  accuracy %.2f%%'
-                    % (current, metrics.cross_entropy, 100 * metrics.accuracy))
-            if on_record:
-                on_record(current, 'test', {'cross_entropy': metrics.cross_entropy,
-                                            'accuracy': metrics.accuracy})
+            if o.chief:
+                o.out('step %d: test cross-entropy %.4f  accuracy %.2f%%'
+                      % (current, metrics.cross_entropy, 100 * metrics.accuracy))
+            if o.on_record:
+                o.on_record(current, 'test', {'cross_entropy': metrics.cross_entropy,
+                                              'accuracy': metrics.accuracy})
         if logged:
-            result.checkpoint = _save(folders, manager, ckpt, current, result.checkpoint)
+            result.checkpoint = _save(o.folders, o.manager, o.ckpt, current, result.checkpoint)
         result.step = current
         if stop.signum:
             result.stopped_by = stop.signum
-            out('stopped at step %d; checkpoint %s; run the same command to resume'
-                % (current, result.checkpoint))
+            o.out('stopped at step %d; checkpoint %s; run the same command to resume'
+                  % (current, result.checkpoint))
             break
 
 
