@@ -215,3 +215,26 @@ def test_a_killed_worker_stops_the_other_and_a_restart_resumes(data_path, tmp_pa
         assert all('resuming at step %d' % step in cluster.output(w) for w in restarted)
     finally:
         cluster.close()
+
+
+def test_a_stop_request_to_one_worker_stops_every_worker_at_one_checkpoint(data_path, tmp_path):
+    ckpt = tmp_path / 'ckpt'
+    cluster = Cluster(tmp_path)
+    try:
+        chief, other = cluster.start('--data_path=%s' % data_path, '--ckpt_path=%s' % ckpt,
+                                     *TINY, '--num_iterations=100000', '--worker_timeout=10')
+        deadline = time.monotonic() + 180
+        while 'step 6/' not in cluster.output(chief):
+            assert time.monotonic() < deadline and chief.poll() is None, cluster.output(chief)
+            time.sleep(0.5)
+        other.send_signal(signal.SIGTERM)
+        assert cluster.wait([chief, other], timeout=90) == [128 + signal.SIGTERM] * 2
+        stops = [[line for line in cluster.output(w).splitlines() if 'stopped at step' in line]
+                 for w in (chief, other)]
+    finally:
+        cluster.close()
+    step = int(tf.train.latest_checkpoint(str(ckpt)).rsplit('-', 1)[1])
+    assert stops == [['stopped at step %d; checkpoint %s; run the same command to resume'
+                      % (step, ckpt / ('ckpt-%d' % step))],
+                     ['worker 1: stopped at step %d; checkpoint %s; run the same command to '
+                      'resume' % (step, ckpt / ('ckpt-%d' % step))]]

@@ -45,7 +45,7 @@ def reason(error):
 
 
 def weights_digest(cluster, variables):
-    """A SHA-256 of this worker's copy of `variables`; UserError if its replicas disagree.
+    """A SHA-256 of this worker's copy of `variables`; an error if its replicas disagree.
 
     Workers (and replicas) of a synchronous run must hold the same weights after
     every step; comparing the digest the workers print checks it.
@@ -54,7 +54,7 @@ def weights_digest(cluster, variables):
     for v in variables:
         copies = [c.numpy() for c in cluster.strategy.experimental_local_results(v)]
         if any(not np.array_equal(copies[0], c) for c in copies[1:]):
-            raise UserError('the replicas of this worker hold different values of %s' % v.name)
+            raise RuntimeError('the replicas of this worker hold different values of %s' % v.name)
         digest.update(copies[0].tobytes())
     return digest.hexdigest()[:16]
 
@@ -154,6 +154,24 @@ def make_cluster(name, devices=(), cpu_devices=0, worker_timeout=60):
 def _device_key(name):
     """'/device:GPU:0', '/gpu:0' and 'GPU:0' all name the same device."""
     return name.strip().lower().replace('/device:', '').lstrip('/')
+
+
+def stop_agreement(cluster):
+    """A function: this worker's stop request -> whether ANY worker asked to stop.
+
+    A worker that stopped alone would leave the others waiting in the next step's
+    collectives. Under multi_worker the requests are summed over the workers after
+    every step (one scalar all-reduce), so all of them save the same step and stop.
+    """
+    if cluster.name != 'multi_worker':
+        return bool
+
+    @tf.function
+    def summed(flag):
+        per_replica = cluster.strategy.run(lambda: tf.identity(flag))   # on each replica
+        return cluster.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return lambda requested: bool(summed(tf.constant(1.0 if requested else 0.0)) > 0)
 
 
 def check_batch(batch_size, cluster):

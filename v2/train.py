@@ -307,7 +307,8 @@ def train(model_config, config, data_path, out=print, on_step=None, on_record=No
     outputs = _Outputs(out, folders, manager, ckpt,
                        folders.summary_writer(config.log_path, 'train'),
                        folders.summary_writer(config.log_path, 'eval') if test else None,
-                       on_step, on_record, cluster.is_chief)
+                       on_step, on_record, cluster.is_chief,
+                       distribution.stop_agreement(cluster))
     if cluster.is_chief:
         out('checkpoints: %s   TensorBoard: tensorboard --logdir=%s'
             % (config.ckpt_path, config.log_path))
@@ -343,6 +344,7 @@ class _Outputs:
     on_step: Optional[Callable]
     on_record: Optional[Callable]
     chief: bool
+    any_stop: Callable          # this worker's stop request -> whether any worker's stops
 
 
 def _loop(config, train_step, batches, evaluate, o, stop, result):
@@ -354,7 +356,8 @@ def _loop(config, train_step, batches, evaluate, o, stop, result):
         if o.on_step:
             o.on_step(current)
         last = current == config.num_iterations
-        logged = current % config.log_per_iterations == 0 or last or stop.signum
+        stopping = o.any_stop(stop.signum)
+        logged = current % config.log_per_iterations == 0 or last or stopping
         if logged:
             means = _window_means(window, current)
             now = time.perf_counter()
@@ -386,8 +389,8 @@ def _loop(config, train_step, batches, evaluate, o, stop, result):
         if logged:
             result.checkpoint = _save(o.folders, o.manager, o.ckpt, current, result.checkpoint)
         result.step = current
-        if stop.signum:
-            result.stopped_by = stop.signum
+        if stopping:
+            result.stopped_by = stop.signum or signal.SIGTERM     # another worker's request
             o.out('stopped at step %d; checkpoint %s; run the same command to resume'
                   % (current, result.checkpoint))
             break
