@@ -34,27 +34,34 @@ import tensorflow as tf  # noqa: E402  (after v2, which quiets its start-up)
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string('data_path', None, 'figure6: folder of the CIFAR-10 binary files.')
-flags.DEFINE_string('out', 'files', 'Folder for the figures, the CSV and the JSON.')
-flags.DEFINE_string('work_dir', 'runs/figure6',
-                    'figure6: one folder per run (checkpoints, TensorBoard logs, points).')
-flags.DEFINE_list('depths', ['20', '56'], 'figure6: depths, 6n+2.')
-flags.DEFINE_list('seeds', ['1', '2', '3'], 'figure6: seeds; each depth and network runs once '
-                  'per seed.')
-flags.DEFINE_integer('num_iterations', 1600, 'figure6: steps per run.', lower_bound=1)
-flags.DEFINE_list('lr_values', ['0.1', '0.01', '0.001'], 'figure6: learning rates.')
-flags.DEFINE_list('lr_boundaries', ['800', '1200'], 'figure6: steps where the rate changes.')
-flags.DEFINE_float('weight_decay', 1e-4, 'figure6: L2 weight decay.')
-flags.DEFINE_integer('batch_size', 128, 'figure6: batch size.', lower_bound=1)
-flags.DEFINE_integer('record_every', 100, 'figure6: steps between recorded points (training '
-                     'error over those steps; test error at the last).', lower_bound=1)
-flags.DEFINE_enum('precision', 'bfloat16', ['float32', 'bfloat16'], 'figure6: compute precision.')
-flags.DEFINE_integer('resnet_version', 1, 'figure6: 1 = the 2015 paper\'s post-activation units.')
-flags.DEFINE_string('shortcut_type', 'A_subsample',
-                    'figure6: shortcut of the residual nets (A_subsample = the paper\'s option A).')
-flags.DEFINE_boolean('plot', True, 'Draw the PNGs after writing the CSV/JSON (needs matplotlib).')
-
 NETWORKS = ('plain', 'resnet')
+
+
+def define_flags():
+    """The command's flags; defined only when it runs, so that importing this module (the
+    tests do) cannot clash with the trainer's flags of the same names."""
+    flags.DEFINE_string('data_path', None, 'figure6: folder of the CIFAR-10 binary files.')
+    flags.DEFINE_string('out', 'files', 'Folder for the figures, the CSV and the JSON.')
+    flags.DEFINE_string('work_dir', 'runs/figure6',
+                        'figure6: one folder per run (checkpoints, TensorBoard logs, points).')
+    flags.DEFINE_list('depths', ['20', '56'], 'figure6: depths, 6n+2.')
+    flags.DEFINE_list('seeds', ['1', '2', '3'], 'figure6: seeds; each depth and network runs once '
+                      'per seed.')
+    flags.DEFINE_integer('num_iterations', 1600, 'figure6: steps per run.', lower_bound=1)
+    flags.DEFINE_list('lr_values', ['0.1', '0.01', '0.001'], 'figure6: learning rates.')
+    flags.DEFINE_list('lr_boundaries', ['800', '1200'], 'figure6: steps where the rate changes.')
+    flags.DEFINE_float('weight_decay', 1e-4, 'figure6: L2 weight decay.')
+    flags.DEFINE_integer('batch_size', 128, 'figure6: batch size.', lower_bound=1)
+    flags.DEFINE_integer('record_every', 100, 'figure6: steps between recorded points (training '
+                         'error over those steps; test error at the last).', lower_bound=1)
+    flags.DEFINE_enum('precision', 'bfloat16', ['float32', 'bfloat16'],
+                      'figure6: compute precision.')
+    flags.DEFINE_integer('resnet_version', 1,
+                         'figure6: 1 = the 2015 paper\'s post-activation units.')
+    flags.DEFINE_string('shortcut_type', 'A_subsample', 'figure6: shortcut of the residual '
+                        'nets (A_subsample = the paper\'s option A).')
+    flags.DEFINE_boolean('plot', True,
+                         'Draw the PNGs after writing the CSV/JSON (needs matplotlib).')
 
 
 def _integers(name):
@@ -245,4 +252,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+    define_flags()
     cli.run(main)
