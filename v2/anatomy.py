@@ -81,7 +81,7 @@ def _ancestors(op):
 
 
 def _labels(ops):
-    return [_label(op) for op in ops if op.type in _DRAWN and _label(op)]
+    return [label for label in (_label(op) for op in ops if op.type in _DRAWN) if label]
 
 
 def _label(op):

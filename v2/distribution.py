@@ -130,11 +130,11 @@ def make_cluster(name, devices=(), cpu_devices=0, worker_timeout=60):
     if name not in STRATEGIES:
         raise UserError('--distribution_strategy=%s: expected one of %s'
                         % (name, '|'.join(STRATEGIES)))
+    if name != 'mirrored' and (devices or cpu_devices > 1):
+        raise UserError('--devices and --cpu_devices need --distribution_strategy=mirrored')
     if cpu_devices > 1:
         split_cpu(cpu_devices)
     if name == 'default':
-        if devices or cpu_devices > 1:
-            raise UserError('--devices and --cpu_devices need --distribution_strategy=mirrored')
         return Cluster(tf.distribute.get_strategy(), name)
     if name == 'mirrored':
         if not devices and cpu_devices > 1:
