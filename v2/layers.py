@@ -63,8 +63,8 @@ class BatchNorm(tf.Module):
                                                **per_replica)
 
     def __call__(self, x, training):
-        if training and self.synchronized and tf.distribute.in_cross_replica_context() is False \
-                and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        if (training and self.synchronized and not tf.distribute.in_cross_replica_context()
+                and tf.distribute.get_strategy().num_replicas_in_sync > 1):
             return self._synchronized(x)
         out = tf.raw_ops.FusedBatchNormV3(
             x=x, scale=self.gamma, offset=self.beta,

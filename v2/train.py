@@ -134,12 +134,13 @@ def make_train_step(model, optimizer, schedule, step, weight_decay, loss_scale=N
     sum_ = tf.distribute.ReduceOp.SUM
 
     def replica_step(images, labels):
+        batch = global_batch or tf.shape(labels)[0]
         learning_rate = schedule(step)
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             cross_entropy = tf.nn.compute_average_loss(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits),
-                global_batch_size=global_batch or tf.shape(labels)[0])
+                global_batch_size=batch)
             l2 = weight_decay * tf.add_n([tf.nn.l2_loss(w) for w in decayed]) / replicas
             loss = cross_entropy + l2
             scaled = loss * loss_scale.scale if loss_scale else loss
@@ -167,9 +168,8 @@ def make_train_step(model, optimizer, schedule, step, weight_decay, loss_scale=N
         correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
         # Shares of the global batch's means: their sum over the replicas is the mean.
         shares = dict(loss=loss, cross_entropy=cross_entropy, l2_loss=l2,
-                      accuracy=tf.nn.compute_average_loss(
-                          tf.cast(correct, tf.float32),
-                          global_batch_size=global_batch or tf.shape(labels)[0]))
+                      accuracy=tf.nn.compute_average_loss(tf.cast(correct, tf.float32),
+                                                          global_batch_size=batch))
         return shares, shared
 
     @tf.function(jit_compile=jit_compile)
