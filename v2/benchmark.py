@@ -12,7 +12,9 @@ images/second over several timing windows, the achieved GFLOP/s and the peak
 resident memory. In the same run it times the same step on one in-memory batch
 (the input pipeline's cost), evaluation in batches, and a straightforward Keras 3
 `model.fit` of the same network on the same batches: the baseline a user would
-otherwise write. Without --data_path it writes random CIFAR-10 files of the full
+otherwise write. It also times each of the net's convolutions alone (v2/conv_timing.py):
+the fastest rate this machine reaches on them (the conv ceiling) and the images/second
+a step made only of convolutions would reach (the bound no step here can beat). Without --data_path it writes random CIFAR-10 files of the full
 size (50,000 + 10,000 records) to a temporary folder.
 """
 
@@ -26,7 +28,7 @@ import time
 import numpy as np
 from absl import flags
 
-from v2 import data, model, options, precision as precision_lib, schedule, train
+from v2 import conv_timing, data, model, options, precision as precision_lib, schedule, train
 from v2.errors import UserError
 from v2.evaluate import Evaluator
 from v2.optimizer import Momentum
@@ -39,6 +41,8 @@ flags.DEFINE_integer('warmup_steps', 20, 'Steps run before timing (tracing, cach
 flags.DEFINE_integer('windows', 5, 'Timing windows.', lower_bound=1)
 flags.DEFINE_integer('window_steps', 30, 'Steps in each timing window.', lower_bound=1)
 flags.DEFINE_boolean('keras', True, 'Also time a Keras 3 model.fit of the same network.')
+flags.DEFINE_boolean('conv_bound', True, 'Also time each convolution of the net alone: the '
+                     'conv ceiling and the conv-only bound on images/second.')
 flags.DEFINE_list('rss_steps', [], 'Instead of timing: train this many steps and print the '
                   'resident memory at each listed step (e.g. 500,3000), to show it does not grow.')
 
@@ -207,9 +211,25 @@ def time_keras(model_config, data_path, precision, total_steps):
         def on_train_batch_end(self, batch, logs=None):
             times.append(time.perf_counter())
 
-    net.fit(batches, epochs=1, steps_per_epoch=total_steps, verbose=0, callbacks=[Timer()])
+    net.fit(batches, epochs=1, steps_per_epoch=total_steps, verbose=0, shuffle=False,
+            callbacks=[Timer()])
     keras.mixed_precision.set_global_policy('float32')
     return times, net.jit_compile
+
+
+def print_bound(bound, trainer_rate, gflops):
+    """The conv-only bound and the conv ceiling, with the trainer's share of each."""
+    print('\neach convolution alone, batch %d (ms per pass; GFLOP/s):' % bound.batch_size)
+    for conv, count, passes in bound.rows:
+        cells = ['%s %5.2f (%3.0f)' % (name, seconds * 1e3, conv.flops / seconds / 1e9)
+                 if seconds else '%s     -      ' % name for name, seconds in passes.items()]
+        print('  %3d x %-32s %s' % (count, conv.describe(), '   '.join(cells)))
+    print('%-44s %.0f ms a step -> at most %.0f img/s; the trainer reaches %.0f%% of it'
+          % ('convolutions alone (all three passes)', bound.step_seconds * 1e3,
+             bound.images_per_second, 100 * trainer_rate / bound.images_per_second))
+    print('%-44s %.0f GFLOP/s (%s); the trainer reaches %.0f%% of it'
+          % ('conv ceiling (fastest pass above)', bound.fastest, bound.fastest_what,
+             100 * trainer_rate * gflops / bound.fastest))
 
 
 def main(argv):
@@ -248,6 +268,8 @@ def main(argv):
         evaluation, traces = time_evaluation(model_config, data_path, precision)
         rss = peak_rss_mib()
         gflops = 6 * macs / 1e9
+        bound = conv_timing.training_bound(model.build(model_config, compute_dtype=dtype), b) \
+            if FLAGS.conv_bound else None
         print('\n%-44s %s' % ('', 'images/s: median  (min, max)'))
         print('%-44s %s   %.0f GFLOP/s' % ('trainer (real pipeline, summaries, ckpts)',
                                           describe(trainer), statistics.median(trainer) * gflops))
@@ -260,6 +282,8 @@ def main(argv):
             'evaluation, batches of 1000', describe(evaluation),
             statistics.median(evaluation) * 2 * macs / 1e9, traces))
         print('%-44s %.0f MiB' % ('peak resident memory (trainer + evaluation)', rss))
+        if bound:
+            print_bound(bound, statistics.median(trainer), gflops)
         if FLAGS.keras:
             if model_config.model != 'resnet' or model_config.bottleneck or \
                     model_config.resnet_version != 2 or model_config.shortcut_type != 'A':
