@@ -163,3 +163,11 @@ def test_eval_batches_cover_the_set_in_order(tmp_path):
     np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), labels.numpy())
     np.testing.assert_allclose(batches[0][0].numpy(),
                                images.numpy()[:10].astype(np.float32) - mean, rtol=1e-6)
+
+
+def test_eval_batches_do_not_autotune(tmp_path):
+    # Each evaluation starts a new iterator; the autotuner's start-up slowed passes (data.py).
+    folder = write_cifar(tmp_path, test_records=4)
+    images, labels = data.load_split(str(folder), data.CIFAR10, 'test')
+    batches = data.eval_batches(images, labels, data.pixel_mean(images), batch_size=2)
+    assert batches.options().autotune.enabled is False
