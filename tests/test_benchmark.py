@@ -22,10 +22,11 @@ def test_window_rates():
 
 def test_benchmark_prints_every_figure(tiny_data):
     run = run_script('v2.benchmark', '--num_layers=8', '--batch_size=8', '--warmup_steps=2',
-                     '--windows=2', '--window_steps=2', '--data_path=%s' % tiny_data)
+                     '--windows=2', '--window_steps=2', '--data_path=%s' % tiny_data,
+                     '--precision=bfloat16', '--keras_precision=float32')
     assert run.returncode == 0, run.stderr
     for line in ('trainer (real pipeline', 'same step, one in-memory batch', 'input pipeline cost',
-                 'evaluation, batches of 1000', 'peak resident memory', 'Keras 3 model.fit',
+                 'evaluation, batches of 1000', 'peak resident memory', 'Keras 3 model.fit, float32',
                  'trainer / Keras', 'GFLOP/s', 'each convolution alone', 'convolutions alone',
                  'conv ceiling'):
         assert line in run.stdout, line

@@ -41,6 +41,10 @@ flags.DEFINE_integer('warmup_steps', 20, 'Steps run before timing (tracing, cach
 flags.DEFINE_integer('windows', 5, 'Timing windows.', lower_bound=1)
 flags.DEFINE_integer('window_steps', 30, 'Steps in each timing window.', lower_bound=1)
 flags.DEFINE_boolean('keras', True, 'Also time a Keras 3 model.fit of the same network.')
+flags.DEFINE_enum('keras_precision', None, ['float32', 'bfloat16', 'float16'],
+                  'Precision of the Keras baseline (mixed_* policies); default: --precision. '
+                  'E.g. --precision=bfloat16 --keras_precision=float32 compares bf16 training '
+                  'against the fp32 Keras fit a user would otherwise run.')
 flags.DEFINE_boolean('conv_bound', True, 'Also time each convolution of the net alone: the '
                      'conv ceiling and the conv-only bound on images/second.')
 flags.DEFINE_list('rss_steps', [], 'Instead of timing: train this many steps and print the '
@@ -289,10 +293,12 @@ def main(argv):
                     model_config.resnet_version != 2 or model_config.shortcut_type != 'A':
                 print('Keras baseline: written for the default pre-activation ResNet only')
                 return 0
-            times, jit = time_keras(model_config, data_path, precision, total)
+            keras_precision = FLAGS.keras_precision or precision
+            times, jit = time_keras(model_config, data_path, keras_precision, total)
             keras_rates = window_rates(times, b, FLAGS.warmup_steps, FLAGS.windows,
                                        FLAGS.window_steps)
-            print('%-44s %s   %.0f GFLOP/s' % ('Keras 3 model.fit (jit_compile=%s)' % jit,
+            print('%-44s %s   %.0f GFLOP/s' % ('Keras 3 model.fit, %s (jit_compile=%s)'
+                                              % (keras_precision, jit),
                                               describe(keras_rates),
                                               statistics.median(keras_rates) * gflops))
             print('%-44s %.2fx' % ('trainer / Keras',
