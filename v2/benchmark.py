@@ -297,8 +297,8 @@ def main(argv):
             times, jit = time_keras(model_config, data_path, keras_precision, total)
             keras_rates = window_rates(times, b, FLAGS.warmup_steps, FLAGS.windows,
                                        FLAGS.window_steps)
-            print('%-44s %s   %.0f GFLOP/s' % ('Keras 3 model.fit, %s (jit_compile=%s)'
-                                              % (keras_precision, jit),
+            print('%-44s %s   %.0f GFLOP/s' % ('Keras 3 model.fit, %s%s'
+                                              % (keras_precision, ', XLA' if jit else ''),
                                               describe(keras_rates),
                                               statistics.median(keras_rates) * gflops))
             print('%-44s %.2fx' % ('trainer / Keras',
