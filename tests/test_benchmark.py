@@ -26,7 +26,7 @@ def test_benchmark_prints_every_figure(tiny_data):
                      '--precision=bfloat16', '--keras_precision=float32')
     assert run.returncode == 0, run.stderr
     for line in ('trainer (real pipeline', 'same step, one in-memory batch', 'input pipeline cost',
-                 'evaluation, batches of 1000', 'peak resident memory', 'Keras 3 model.fit, float32',
-                 'trainer / Keras', 'GFLOP/s', 'each convolution alone', 'convolutions alone',
-                 'conv ceiling'):
+                 'evaluation, batches of 1000', 'peak resident memory',
+                 'Keras 3 model.fit, float32', 'trainer / Keras', 'GFLOP/s',
+                 'each convolution alone', 'convolutions alone', 'conv ceiling'):
         assert line in run.stdout, line

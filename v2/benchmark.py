@@ -14,8 +14,9 @@ resident memory. In the same run it times the same step on one in-memory batch
 `model.fit` of the same network on the same batches: the baseline a user would
 otherwise write. It also times each of the net's convolutions alone (v2/conv_timing.py):
 the fastest rate this machine reaches on them (the conv ceiling) and the images/second
-a step made only of convolutions would reach (the bound no step here can beat). Without --data_path it writes random CIFAR-10 files of the full
-size (50,000 + 10,000 records) to a temporary folder.
+a step made only of convolutions would reach (the bound no step here can beat).
+Without --data_path it writes random CIFAR-10 files of the full size (50,000 +
+10,000 records) to a temporary folder.
 """
 
 import dataclasses

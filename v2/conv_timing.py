@@ -63,6 +63,10 @@ def _reads_variables(tensor):
     return False
 
 
+def _hashable(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
 def census(net, batch_size, image_shape=(32, 32, 3)):
     """Counter of the Conv2D ops of net's forward pass at this batch size."""
     graph = tf.function(lambda x: net(x, training=False)).get_concrete_function(
@@ -76,10 +80,6 @@ def census(net, batch_size, image_shape=(32, 32, 3)):
                    tuple((a, _hashable(op.get_attr(a))) for a in _ATTRS),
                    op.inputs[0].dtype, not _reads_variables(op.inputs[0]))] += 1
     return convs
-
-
-def _hashable(value):
-    return tuple(value) if isinstance(value, list) else value
 
 
 def _seconds_per_call(fn, args, calls, repeats):
@@ -116,6 +116,7 @@ def time_passes(conv, calls=10, repeats=3, seed=0):
 
 @dataclasses.dataclass
 class Bound:
+    """What training_bound measured: the conv-only step time and the fastest pass."""
     step_seconds: float      # every conv pass of one training step, each run alone
     batch_size: int
     fastest: float           # the best GFLOP/s of any pass of any of the net's convs
