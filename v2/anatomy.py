@@ -10,7 +10,7 @@ figure shows what the code does, not what a comment says it does.
 
 import tensorflow as tf
 
-from v2.model import build, count_parameters
+from v2.model import build, count_parameters, inference_graph
 
 # Graph ops worth drawing; reads, casts, assignments and shape plumbing are left out.
 _DRAWN = {'Conv2D', 'FusedBatchNormV3', 'Relu', 'AvgPool', 'Pad', 'StridedSlice', 'AddV2',
@@ -46,8 +46,7 @@ def unit_ops(unit, x):
     empty 'shortcut' is the identity. A unit without a shortcut (the plain net) has
     everything in 'branch'.
     """
-    graph = tf.function(lambda t: unit(t, training=False)).get_concrete_function(
-        tf.TensorSpec(x.shape, x.dtype)).graph
+    graph = inference_graph(unit, x.shape, x.dtype)
     ops = graph.get_operations()
     order = {op: i for i, op in enumerate(ops)}
     joins = [op for op in ops if op.type == 'AddV2' and _is_unit_join(op)]

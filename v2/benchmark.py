@@ -67,8 +67,7 @@ def write_random_cifar10(folder, train_records=50000, test_records=10000, seed=0
 
 def forward_macs(net):
     """Multiply-accumulates of one image's forward pass, counted by TensorFlow's profiler."""
-    graph = tf.function(lambda x: net(x, training=False)).get_concrete_function(
-        tf.TensorSpec([1, 32, 32, 3], tf.float32)).graph
+    graph = model.inference_graph(net, [1, 32, 32, 3])
     options_ = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options_['output'] = 'none'
     level = tf.get_logger().level

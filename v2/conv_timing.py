@@ -22,6 +22,8 @@ import time
 
 import tensorflow as tf
 
+from v2.model import inference_graph
+
 _ATTRS = ('strides', 'padding', 'explicit_paddings', 'dilations', 'data_format')
 
 
@@ -69,8 +71,7 @@ def _hashable(value):
 
 def census(net, batch_size, image_shape=(32, 32, 3)):
     """Counter of the Conv2D ops of net's forward pass at this batch size."""
-    graph = tf.function(lambda x: net(x, training=False)).get_concrete_function(
-        tf.TensorSpec([batch_size, *image_shape], tf.float32)).graph
+    graph = inference_graph(net, [batch_size, *image_shape])
     convs = collections.Counter()
     for op in graph.get_operations():
         if op.type != 'Conv2D':

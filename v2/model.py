@@ -202,6 +202,12 @@ def count_parameters(module):
     return sum(int(v.shape.num_elements()) for m in modules for v in m.trainable_variables)
 
 
+def inference_graph(module, input_shape, dtype=tf.float32):
+    """The graph of module(x, training=False) for inputs of this shape: its ops, for counting."""
+    return tf.function(lambda x: module(x, training=False)).get_concrete_function(
+        tf.TensorSpec(input_shape, dtype)).graph
+
+
 def decayed_weights(net):
     """The conv and linear kernels: the variables that get L2 weight decay."""
     return [m.kernel for m in net.submodules if isinstance(m, (layers.Conv2D, layers.Dense))]
