@@ -125,7 +125,7 @@ def test_identity_shortcut_subsamples_and_pads_evenly(pool):
 @pytest.mark.parametrize('batch_norm', [False, True])
 def test_projection_shortcut_is_a_strided_1x1_conv(batch_norm):
     rng = tf.random.Generator.from_seed(0)
-    projection = layers.Projection(16, 32, 2, batch_norm, rng)
+    projection = layers.Projection(16, 32, 2, batch_norm, layers.Factory(rng))
     x = np.random.default_rng(1).normal(size=(2, 8, 8, 16)).astype(np.float32)
     got = projection(tf.constant(x), training=False).numpy()
     expected = x[:, ::2, ::2] @ projection.conv.kernel.numpy()[0, 0]
@@ -135,7 +135,7 @@ def test_projection_shortcut_is_a_strided_1x1_conv(batch_norm):
 
 
 def test_shortcut_options_pick_identity_or_projection():
-    rng = tf.random.Generator.from_seed(0)
+    rng = layers.Factory(tf.random.Generator.from_seed(0))
     assert isinstance(layers.shortcut('B', 16, 16, 1, False, rng), layers.IdentityShortcut)
     assert isinstance(layers.shortcut('B', 16, 32, 2, False, rng), layers.Projection)
     assert isinstance(layers.shortcut('C', 16, 16, 1, False, rng), layers.Projection)
@@ -144,12 +144,12 @@ def test_shortcut_options_pick_identity_or_projection():
     assert not layers.shortcut('A_subsample', 16, 32, 2, False, rng).pool
 
 
-def _conv_same(x, kernel, stride=1):
-    """numpy 'SAME' convolution (TensorFlow's padding rule) for the tests."""
+def _conv_padded(x, kernel, stride=1):
+    """numpy convolution with (k-1)//2 zeros on every side, as the papers' Torch code pads."""
     k = kernel.shape[0]
-    out_h = -(-x.shape[1] // stride)
-    pad = max((out_h - 1) * stride + k - x.shape[1], 0)
-    xp = np.pad(x, [(0, 0), (pad // 2, pad - pad // 2), (pad // 2, pad - pad // 2), (0, 0)])
+    pad = (k - 1) // 2
+    xp = np.pad(x, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+    out_h = (x.shape[1] + 2 * pad - k) // stride + 1
     out = np.zeros((x.shape[0], out_h, out_h, kernel.shape[-1]), np.float64)
     for i in range(out_h):
         for j in range(out_h):
@@ -158,18 +158,46 @@ def _conv_same(x, kernel, stride=1):
     return out
 
 
+@pytest.mark.parametrize('size, kernel_size, stride', [(8, 3, 2), (7, 3, 2), (8, 1, 2),
+                                                       (8, 3, 1)])
+def test_convolution_pads_one_pixel_on_every_side_like_torch(size, kernel_size, stride):
+    conv = layers.Conv2D(3, 4, kernel_size, stride, tf.random.Generator.from_seed(0), 'c')
+    x = np.random.default_rng(3).normal(size=(2, size, size, 3)).astype(np.float32)
+    np.testing.assert_allclose(conv(tf.constant(x)).numpy(),
+                               _conv_padded(x, conv.kernel.numpy(), stride), rtol=1e-4, atol=1e-4)
+
+
+def test_strided_convolution_is_centred_on_the_pixel_the_shortcut_keeps():
+    # A 3x3 filter that picks its centre pixel turns the conv into a subsampler: it must
+    # keep x[::2, ::2], what option A's strided shortcut keeps (He et al. 2015).
+    conv = layers.Conv2D(1, 1, 3, 2, tf.random.Generator.from_seed(0), 'c')
+    conv.kernel.assign(np.pad(np.ones((1, 1, 1, 1), np.float32), [(1, 1), (1, 1), (0, 0), (0, 0)]))
+    x = tf.random.normal([1, 8, 8, 1])
+    np.testing.assert_array_equal(conv(x).numpy(),
+                                  layers.IdentityShortcut(1, 2, pool=False)(x, False).numpy())
+    legacy = layers.Conv2D(1, 1, 3, 2, tf.random.Generator.from_seed(0), 'c', 'tf_same')
+    legacy.kernel.assign(conv.kernel)
+    np.testing.assert_array_equal(legacy(x).numpy(), x.numpy()[:, 1::2, 1::2])
+
+
+def test_checkpoints_from_before_the_symmetric_padding_keep_tensorflows_same():
+    old = C.from_json('{"num_layers": 20, "num_classes": 10}')
+    assert old.strided_padding == 'tf_same' and C(num_layers=20).strided_padding == 'symmetric'
+    assert C.from_json(C(num_layers=20).to_json()).strided_padding == 'symmetric'
+
+
 def test_preact_bottleneck_against_numpy():
-    rng = tf.random.Generator.from_seed(0)
-    link = layers.shortcut('B', 16, 64, 2, False, rng)
-    unit = resnet.PreActBottleneck(16, 16, 2, link, False, 0.0, rng, 'u')
+    make = layers.Factory(tf.random.Generator.from_seed(0))
+    link = layers.shortcut('B', 16, 64, 2, False, make)
+    unit = resnet.PreActBottleneck(16, 16, 2, link, False, make, 'u')
     x = np.random.default_rng(2).normal(size=(2, 6, 6, 16)).astype(np.float32)
     scale = 1 / np.sqrt(1 + layers.BN_EPSILON)           # fresh BN at evaluation
     relu = lambda v: np.maximum(v, 0)                    # noqa: E731
     preact = relu(x * scale)
-    y = relu(_conv_same(preact, unit.conv1.kernel.numpy()) * scale)
-    y = relu(_conv_same(y, unit.conv2.kernel.numpy(), stride=2) * scale)
-    y = _conv_same(y, unit.conv3.kernel.numpy())
-    expected = y + _conv_same(preact, link.conv.kernel.numpy(), stride=2)
+    y = relu(_conv_padded(preact, unit.conv1.kernel.numpy()) * scale)
+    y = relu(_conv_padded(y, unit.conv2.kernel.numpy(), stride=2) * scale)
+    y = _conv_padded(y, unit.conv3.kernel.numpy())
+    expected = y + _conv_padded(preact, link.conv.kernel.numpy(), stride=2)
     got = unit(tf.constant(x), training=False).numpy()
     assert got.shape == (2, 3, 3, 64)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
@@ -188,9 +216,9 @@ def test_plain_unit_is_the_residual_unit_without_the_addition(unit_class):
     channels = 16 * unit_class.expansion              # a unit that keeps its input's shape
 
     def make(with_shortcut):
-        rng = tf.random.Generator.from_seed(5)
-        link = layers.shortcut('A', channels, channels, 1, False, rng) if with_shortcut else None
-        return unit_class(channels, 16, 1, link, False, 0.0, rng, 'u')
+        make = layers.Factory(tf.random.Generator.from_seed(5))
+        link = layers.shortcut('A', channels, channels, 1, False, make) if with_shortcut else None
+        return unit_class(channels, 16, 1, link, False, make, 'u')
     residual, plain = make(True), make(False)
     x = tf.random.normal([2, 8, 8, channels])
     assert not np.allclose(residual(x, False).numpy(), plain(x, False).numpy())
@@ -199,8 +227,8 @@ def test_plain_unit_is_the_residual_unit_without_the_addition(unit_class):
 
 
 def test_first_unit_shortcut_takes_the_shared_preactivation():
-    rng = tf.random.Generator.from_seed(1)
-    unit = resnet.PreActBasic(16, 16, 1, layers.IdentityShortcut(16, 1), True, 0.0, rng, 'u')
+    make = layers.Factory(tf.random.Generator.from_seed(1))
+    unit = resnet.PreActBasic(16, 16, 1, layers.IdentityShortcut(16, 1), True, make, 'u')
     unit.bn1.moving_mean.assign(tf.fill([16], 0.5))          # so that BN -> ReLU shows
     x = tf.random.normal([2, 8, 8, 16])
     with_link = unit(x, training=False)
@@ -261,10 +289,21 @@ def test_config_round_trips_through_json_and_reads_the_first_format():
                dataset='cifar100')
     assert C.from_json(config.to_json()) == config
     old = C.from_json('{"num_classes": 10, "num_layers": 20, "shortcut_connections": false}')
-    assert old == C(num_layers=20, shortcut_connections=False)
+    assert old == C(num_layers=20, shortcut_connections=False, strided_padding='tf_same')
 
 
 def test_one_call_builds_a_preact_resnet_164_for_cifar100():
     net = m.cifar_resnet(164, bottleneck=True, num_classes=100)
     assert net(tf.zeros([1, 32, 32, 3])).shape == (1, 100)
     assert net.config.describe() == 'ResNet-164 bottleneck'
+
+
+@pytest.mark.parametrize('version', [1, 2])
+def test_zero_init_residual_starts_every_residual_unit_as_its_shortcut(version):
+    net = m.build(C(num_layers=14, resnet_version=version), zero_init_residual=True)
+    x = tf.nn.relu(tf.random.normal([2, 32, 32, 16]))        # a post-ReLU input, as in v1 nets
+    unit = net.stages[0][1]                                  # identity shortcut, no shared BN
+    np.testing.assert_allclose(unit(x, training=False).numpy(), x.numpy(), atol=1e-6)
+    plain = m.build(C(num_layers=14, resnet_version=version, shortcut_connections=False),
+                    zero_init_residual=True)
+    assert not np.allclose(plain.stages[0][1](x, training=False).numpy(), 0)

@@ -43,3 +43,10 @@ def test_momentum_update_matches_the_formula():
         expected = expected - 0.1 * accum
     np.testing.assert_allclose(var.numpy(), expected, rtol=1e-6)
     np.testing.assert_allclose(opt.accumulators[0].numpy(), accum, rtol=1e-6)
+
+
+@pytest.mark.parametrize('step, rate', [(0, 0.01), (200, 0.055), (399, 0.01 + 0.09 * 399 / 400),
+                                        (400, 0.1), (32000, 0.01)])
+def test_linear_warmup_rises_in_equal_steps_to_the_first_rate(step, rate):
+    schedule = Schedule(warmup_iterations=400, warmup_lr=0.01, warmup='linear')
+    assert float(schedule(step)) == pytest.approx(rate, rel=1e-6)

@@ -50,6 +50,12 @@ def define_flags():
     flags.DEFINE_integer('num_iterations', 1600, 'figure6: steps per run.', lower_bound=1)
     flags.DEFINE_list('lr_values', ['0.1', '0.01', '0.001'], 'figure6: learning rates.')
     flags.DEFINE_list('lr_boundaries', ['800', '1200'], 'figure6: steps where the rate changes.')
+    flags.DEFINE_integer('warmup_iterations', 0, 'figure6: warm-up steps.', lower_bound=0)
+    flags.DEFINE_float('warmup_lr', 0.01, 'figure6: the warm-up\'s (first) rate.')
+    flags.DEFINE_enum('warmup', 'constant', ['constant', 'linear'], 'figure6: warm-up kind.')
+    flags.DEFINE_float('bn_momentum', 0.9, 'figure6: batch norm\'s momentum.')
+    flags.DEFINE_boolean('zero_init_residual', False, 'figure6: residual branches start at 0.')
+    flags.DEFINE_list('networks', list(NETWORKS), 'figure6: plain, resnet or both.')
     flags.DEFINE_float('weight_decay', 1e-4, 'figure6: L2 weight decay.')
     flags.DEFINE_integer('batch_size', 128, 'figure6: batch size.', lower_bound=1)
     flags.DEFINE_integer('record_every', 100, 'figure6: steps between recorded points (training '
@@ -86,6 +92,9 @@ def recipe():
             'num_iterations': FLAGS.num_iterations, 'batch_size': FLAGS.batch_size,
             'lr_values': lr_values, 'lr_boundaries': _integers('lr_boundaries')
             if FLAGS.lr_boundaries else [],
+            'warmup_iterations': FLAGS.warmup_iterations, 'warmup_lr': FLAGS.warmup_lr,
+            'warmup': FLAGS.warmup, 'bn_momentum': FLAGS.bn_momentum,
+            'zero_init_residual': FLAGS.zero_init_residual, 'networks': list(FLAGS.networks),
             'momentum': 0.9, 'weight_decay': FLAGS.weight_decay,
             'record_every': FLAGS.record_every, 'precision': FLAGS.precision,
             'resnet_version': FLAGS.resnet_version, 'shortcut_type': FLAGS.shortcut_type,
@@ -103,7 +112,10 @@ def run_configs(spec, network, depth, seed):
         batch_size=spec['batch_size'], num_iterations=spec['num_iterations'],
         log_per_iterations=spec['record_every'], eval_every=spec['record_every'],
         weight_decay=spec['weight_decay'], momentum=spec['momentum'],
-        schedule=schedule.Schedule(boundaries=spec['lr_boundaries'], values=spec['lr_values']),
+        schedule=schedule.Schedule(boundaries=spec['lr_boundaries'], values=spec['lr_values'],
+                                   warmup_iterations=spec['warmup_iterations'],
+                                   warmup_lr=spec['warmup_lr'], warmup=spec['warmup']),
+        bn_momentum=spec['bn_momentum'], zero_init_residual=spec['zero_init_residual'],
         max_to_keep=1, seed=seed, precision=spec['precision'], deterministic=True)
     return model_config, config
 
@@ -143,7 +155,7 @@ def check_work_dir(spec):
     if os.path.exists(path):
         with open(path) as f:
             before = json.load(f)
-        shaping = {k: v for k, v in spec.items() if k not in ('depths', 'seeds')}
+        shaping = {k: v for k, v in spec.items() if k not in ('depths', 'seeds', 'networks')}
         changed = sorted(k for k in shaping if before.get(k) != shaping[k])
         if changed:
             raise UserError('--work_dir=%s holds runs made with another %s; choose another '
@@ -159,12 +171,16 @@ def figure6(out):
     train_paths = data.check_files(FLAGS.data_path, data.CIFAR10.train_files)
     data.check_files(FLAGS.data_path, data.CIFAR10.test_files)
     spec = recipe()
-    runs = [(network, depth, seed) for depth in spec['depths'] for network in NETWORKS
+    runs = [(network, depth, seed) for depth in spec['depths'] for network in spec['networks']
             for seed in spec['seeds']]
     for depth in spec['depths']:              # checked before anything trains
         if depth < 8 or (depth - 2) % 6:
             raise UserError('--depths=%s: %d is not a CIFAR ResNet depth (6n+2: 8, 14, 20, 32, '
                             '44, 56, 110, ...)' % (','.join(FLAGS.depths), depth))
+    unknown = set(spec['networks']) - set(NETWORKS)
+    if unknown or not spec['networks']:
+        raise UserError('--networks=%s: expected plain, resnet or both'
+                        % ','.join(spec['networks']))
     check_work_dir(spec)
     rows = []
     for i, (network, depth, seed) in enumerate(runs, 1):
@@ -206,7 +222,7 @@ def summarize(rows, spec):
     last = spec['num_iterations']
     summary = []
     for depth in spec['depths']:
-        for network in NETWORKS:
+        for network in spec['networks']:
             entry = {'network': network, 'depth': depth}
             for split in ('train', 'test'):
                 errors = [r['error'] for seed in spec['seeds'] for r in rows

@@ -4,6 +4,7 @@ Variables are float32; a layer computes in the dtype of its input (float32, or
 bfloat16/float16 for mixed precision), casting its weights to match.
 """
 
+import dataclasses
 import math
 
 import tensorflow as tf
@@ -12,6 +13,12 @@ import tensorflow as tf
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 SHORTCUT_TYPES = ('A', 'A_subsample', 'B', 'C')
+# Where a strided convolution puts its window. 'symmetric': one pixel of zeros on every
+# side, as the papers' Torch code pads, so output pixel (i, j) is centred on input pixel
+# (2i, 2j), the pixel the strided shortcut keeps and the first its 2x2 pool averages.
+# 'tf_same': TensorFlow's 'SAME', which pads only the bottom and right and centres the
+# window on (2i+1, 2j+1); every checkpoint written before the change used it.
+STRIDED_PADDINGS = ('symmetric', 'tf_same')
 
 
 class Conv2D(tf.Module):
@@ -22,40 +29,68 @@ class Conv2D(tf.Module):
     precedes every convolution here, which makes a bias redundant.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride, rng, name):
+    def __init__(self, in_channels, out_channels, kernel_size, stride, rng, name,
+                 strided_padding='symmetric'):
         super().__init__(name=name)
         shape = [kernel_size, kernel_size, in_channels, out_channels]
         stddev = math.sqrt(2.0 / (kernel_size * kernel_size * in_channels))
         with self.name_scope:
             self.kernel = tf.Variable(rng.normal(shape, stddev=stddev), name='kernel')
         self.stride = stride
+        self.kernel_size = kernel_size
+        self.symmetric = stride > 1 and strided_padding == 'symmetric'
 
     def __call__(self, x):
-        return tf.nn.conv2d(x, tf.cast(self.kernel, x.dtype), self.stride, padding='SAME')
+        kernel = tf.cast(self.kernel, x.dtype)
+        if not self.symmetric:                 # stride 1: 'SAME' is symmetric for odd kernels
+            return tf.nn.conv2d(x, kernel, self.stride, padding='SAME')
+        return tf.nn.conv2d(symmetric_pad(x, self.kernel_size, self.stride), kernel,
+                            self.stride, padding='VALID')
+
+
+def symmetric_pad(x, kernel_size, stride):
+    """Zero-pads x so that a VALID strided convolution computes Torch's padding=(k-1)//2.
+
+    The window of output i starts at input row i*stride - (k-1)//2. The rows at the
+    bottom and right that such a window never reaches are left out. This padding plus
+    a VALID convolution runs on oneDNN's fast kernels; TensorFlow's explicit
+    `padding=[[...]]` falls off them in bfloat16 here (15x slower).
+    """
+    before = (kernel_size - 1) // 2
+    pads = [[0, 0]]
+    for size in x.shape[1:3]:
+        out = (size + 2 * before - kernel_size) // stride + 1
+        pads.append([before, max(0, (out - 1) * stride + kernel_size - size - before)])
+    return tf.pad(x, pads + [[0, 0]])
 
 
 class BatchNorm(tf.Module):
     """Batch normalisation on the fused kernel (one op for normalise + statistics).
 
-    Training normalises with the batch statistics and updates the moving averages;
-    evaluation uses the moving averages. Scale, offset and statistics stay float32
-    whatever the dtype of the activations.
+    Training normalises with the batch statistics and updates the moving averages
+    (new = momentum * old + (1 - momentum) * batch); evaluation uses the moving
+    averages. Scale, offset and statistics stay float32 whatever the dtype of the
+    activations.
 
     Under a tf.distribute strategy each replica normalises with its own batch's
     statistics and keeps its own moving averages (ON_READ variables, averaged over
     the replicas when read for a checkpoint or for evaluation), as the papers' multi-
-    GPU training did. With `synchronized` set (--sync_batch_norm), the statistics
-    are summed over all replicas first, so a distributed step normalises exactly as
-    one device would with the whole global batch.
+    GPU training did. `synchronized` (--sync_batch_norm) sums the statistics over all
+    replicas first, so a distributed step normalises exactly as one device would with
+    the whole global batch. `zero_scale` starts the scale at 0 instead of 1 (Goyal et
+    al. 2017), for the batch norm that ends a residual branch.
     """
-    synchronized = False
 
-    def __init__(self, channels, name):
+    def __init__(self, channels, name, momentum=BN_MOMENTUM, synchronized=False,
+                 zero_scale=False):
         super().__init__(name=name)
+        self.momentum = momentum
+        self.synchronized = synchronized
         per_replica = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
                            aggregation=tf.VariableAggregation.MEAN)
         with self.name_scope:
-            self.gamma = tf.Variable(tf.ones([channels]), name='gamma')
+            self.gamma = tf.Variable((tf.zeros if zero_scale else tf.ones)([channels]),
+                                     name='gamma')
             self.beta = tf.Variable(tf.zeros([channels]), name='beta')
             self.moving_mean = tf.Variable(tf.zeros([channels]), name='moving_mean',
                                            **per_replica)
@@ -69,7 +104,7 @@ class BatchNorm(tf.Module):
         out = tf.raw_ops.FusedBatchNormV3(
             x=x, scale=self.gamma, offset=self.beta,
             mean=self.moving_mean, variance=self.moving_variance,
-            epsilon=BN_EPSILON, exponential_avg_factor=1.0 - BN_MOMENTUM,
+            epsilon=BN_EPSILON, exponential_avg_factor=1.0 - self.momentum,
             data_format='NHWC', is_training=training)
         if training:
             # With exponential_avg_factor the kernel returns the updated averages.
@@ -88,7 +123,7 @@ class BatchNorm(tf.Module):
         mean = total / n
         variance = tf.maximum(squares / n - tf.square(mean), 0.0)
         y = tf.nn.batch_normalization(x32, mean, variance, self.beta, self.gamma, BN_EPSILON)
-        factor = 1.0 - BN_MOMENTUM              # as the fused kernel: unbiased running variance
+        factor = 1.0 - self.momentum            # as the fused kernel: unbiased running variance
         self.moving_mean.assign((1 - factor) * self.moving_mean + factor * mean)
         self.moving_variance.assign((1 - factor) * self.moving_variance
                                     + factor * variance * n / tf.maximum(n - 1.0, 1.0))
@@ -162,20 +197,60 @@ class Projection(tf.Module):
     """
     projects = True
 
-    def __init__(self, in_channels, out_channels, stride, batch_norm, rng, name='shortcut'):
+    def __init__(self, in_channels, out_channels, stride, batch_norm, make, name='shortcut'):
         super().__init__(name=name)
         with self.name_scope:
-            self.conv = Conv2D(in_channels, out_channels, 1, stride, rng, name='conv')
-            self.bn = BatchNorm(out_channels, name='bn') if batch_norm else None
+            self.conv = make.conv(in_channels, out_channels, 1, stride, name='conv')
+            self.bn = make.norm(out_channels, name='bn') if batch_norm else None
 
     def __call__(self, x, training):
         y = self.conv(x)
         return self.bn(y, training) if self.bn else y
 
 
-def shortcut(kind, in_channels, out_channels, stride, post_activation, rng):
+def shortcut(kind, in_channels, out_channels, stride, post_activation, make):
     """The shortcut of one unit for shortcut option `kind` (A, A_subsample, B or C)."""
     changes_shape = stride != 1 or in_channels != out_channels
     if kind == 'C' or (kind == 'B' and changes_shape):
-        return Projection(in_channels, out_channels, stride, post_activation, rng)
+        return Projection(in_channels, out_channels, stride, post_activation, make)
     return IdentityShortcut(out_channels, stride, pool=(kind != 'A_subsample'))
+
+
+@dataclasses.dataclass(frozen=True)
+class Factory:
+    """Makes a net's layers: the one place that holds the RNG and the layer options.
+
+    Units and shortcuts receive one and ask it for every layer, so that a choice such
+    as the strided padding or batch norm's momentum is made once, when the net is
+    built. Layers draw from `rng` in the order they are made.
+    """
+    rng: tf.random.Generator
+    strided_padding: str = 'symmetric'
+    bn_momentum: float = BN_MOMENTUM
+    sync_batch_norm: bool = False
+    dropout_rate: float = 0.0
+    zero_init_residual: bool = False
+
+    def conv(self, in_channels, out_channels, kernel_size, stride, name, ends_branch=False):
+        """A conv; the last conv of a pre-activation residual branch starts at zero with
+        zero_init_residual (that branch ends with no batch norm to zero instead)."""
+        conv = Conv2D(in_channels, out_channels, kernel_size, stride, self.rng, name,
+                      self.strided_padding)
+        if ends_branch and self.zero_init_residual:
+            conv.kernel.assign(tf.zeros_like(conv.kernel))
+        return conv
+
+    def norm(self, channels, name, ends_branch=False):
+        """A batch norm; one that ends a residual branch starts with scale 0 with
+        zero_init_residual, so that the unit starts as its shortcut (Goyal et al. 2017)."""
+        return BatchNorm(channels, name, self.bn_momentum, self.sync_batch_norm,
+                         zero_scale=ends_branch and self.zero_init_residual)
+
+    def dropout(self, name):
+        """Dropout at dropout_rate, or None when the rate is 0."""
+        if not self.dropout_rate:
+            return None
+        return Dropout(self.dropout_rate, int(self.rng.uniform_full_int([])), name)
+
+    def dense(self, in_features, out_features, name):
+        return Dense(in_features, out_features, self.rng, name)

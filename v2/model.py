@@ -55,6 +55,7 @@ class ModelConfig:
     dropout_rate: float = 0.0
     num_classes: int = 10
     dataset: str = 'cifar10'
+    strided_padding: str = 'symmetric'   # see layers.STRIDED_PADDINGS
 
     def __post_init__(self):
         key = 'resnet_bottleneck' if (self.model == 'resnet' and self.bottleneck) else self.model
@@ -71,8 +72,12 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, text):
+        """The config a checkpoint stores; one from before strided_padding existed was
+        trained with TensorFlow's 'SAME' padding, and keeps it."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in json.loads(text).items() if k in fields})
+        values = {k: v for k, v in json.loads(text).items() if k in fields}
+        values.setdefault('strided_padding', 'tf_same')
+        return cls(**values)
 
     def describe(self):
         """A short human name: ResNet-110, plain-56, PreAct-ResNet-164, WRN-28-10, VGG-16..."""
@@ -115,6 +120,9 @@ def validate(config):
         raise UserError('--dropout_rate=%s: expected a rate in [0, 1)' % c.dropout_rate)
     if c.widen_factor < 1:
         raise UserError('--widen_factor=%s: expected a whole number >= 1' % c.widen_factor)
+    if c.strided_padding not in layers.STRIDED_PADDINGS:
+        raise UserError('strided_padding=%s: expected one of %s'
+                        % (c.strided_padding, '|'.join(layers.STRIDED_PADDINGS)))
     units_per_stage(c)
 
 
@@ -147,11 +155,20 @@ def units_per_stage(config):
     return (d - 2) // 6
 
 
-def build(config, seed=0, compute_dtype=tf.float32):
-    """The network a ModelConfig describes, with `config` attached as net.config."""
+def build(config, seed=0, compute_dtype=tf.float32, bn_momentum=layers.BN_MOMENTUM,
+          sync_batch_norm=False, zero_init_residual=False):
+    """The network a ModelConfig describes, with `config` attached as net.config.
+
+    The keyword arguments shape training but not the architecture (a checkpoint
+    restores into a net built with any of them): the initialisation seed, the dtype
+    of the activations, batch norm's momentum and synchronisation over replicas, and
+    whether each residual branch starts at zero (see layers.Factory).
+    """
     c = config
+    make = layers.Factory(tf.random.Generator.from_seed(seed), c.strided_padding, bn_momentum,
+                          sync_batch_norm, c.dropout_rate, zero_init_residual)
     if c.model == 'vgg':
-        net = VGG(c.num_layers, c.num_classes, seed, compute_dtype)
+        net = VGG(c.num_layers, make, c.num_classes, compute_dtype)
     else:
         if c.model == 'imagenet_resnet':
             stages = [(n, w, 1 if i == 0 else 2)
@@ -163,11 +180,10 @@ def build(config, seed=0, compute_dtype=tf.float32):
             stages = [(n, w * c.widen_factor, 1 if i == 0 else 2)
                       for i, w in enumerate(CIFAR_WIDTHS)]
             stem_width = CIFAR_WIDTHS[0]
-        net = resnet.ResNet(stages, stem_width=stem_width, version=c.resnet_version,
+        net = resnet.ResNet(stages, make, stem_width=stem_width, version=c.resnet_version,
                             bottleneck=c.bottleneck,
                             shortcut_type=c.shortcut_type if c.shortcut_connections else None,
-                            dropout_rate=c.dropout_rate, num_classes=c.num_classes, seed=seed,
-                            compute_dtype=compute_dtype)
+                            num_classes=c.num_classes, compute_dtype=compute_dtype)
     net.config = config
     return net
 

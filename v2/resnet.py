@@ -46,16 +46,15 @@ class PreActBasic(tf.Module):
     """
     expansion = 1
 
-    def __init__(self, in_channels, width, stride, shortcut, share_preact, dropout_rate, rng,
-                 name):
+    def __init__(self, in_channels, width, stride, shortcut, share_preact, make, name):
         super().__init__(name=name)
         with self.name_scope:
-            self.bn1 = layers.BatchNorm(in_channels, name='bn1')
-            self.conv1 = layers.Conv2D(in_channels, width, 3, stride, rng, name='conv1')
-            self.bn2 = layers.BatchNorm(width, name='bn2')
-            self.dropout = (layers.Dropout(dropout_rate, int(rng.uniform_full_int([])), 'dropout')
-                            if dropout_rate else None)
-            self.conv2 = layers.Conv2D(width, width, 3, 1, rng, name='conv2')
+            self.bn1 = make.norm(in_channels, name='bn1')
+            self.conv1 = make.conv(in_channels, width, 3, stride, name='conv1')
+            self.bn2 = make.norm(width, name='bn2')
+            self.dropout = make.dropout('dropout')
+            self.conv2 = make.conv(width, width, 3, 1, name='conv2',
+                                   ends_branch=shortcut is not None)
             self.shortcut = shortcut
         self.share_preact = share_preact
 
@@ -75,17 +74,17 @@ class PreActBottleneck(tf.Module):
     """
     expansion = EXPANSION
 
-    def __init__(self, in_channels, width, stride, shortcut, share_preact, dropout_rate, rng,
-                 name):
+    def __init__(self, in_channels, width, stride, shortcut, share_preact, make, name):
         super().__init__(name=name)
         out_channels = width * EXPANSION
         with self.name_scope:
-            self.bn1 = layers.BatchNorm(in_channels, name='bn1')
-            self.conv1 = layers.Conv2D(in_channels, width, 1, 1, rng, name='conv1')
-            self.bn2 = layers.BatchNorm(width, name='bn2')
-            self.conv2 = layers.Conv2D(width, width, 3, stride, rng, name='conv2')
-            self.bn3 = layers.BatchNorm(width, name='bn3')
-            self.conv3 = layers.Conv2D(width, out_channels, 1, 1, rng, name='conv3')
+            self.bn1 = make.norm(in_channels, name='bn1')
+            self.conv1 = make.conv(in_channels, width, 1, 1, name='conv1')
+            self.bn2 = make.norm(width, name='bn2')
+            self.conv2 = make.conv(width, width, 3, stride, name='conv2')
+            self.bn3 = make.norm(width, name='bn3')
+            self.conv3 = make.conv(width, out_channels, 1, 1, name='conv3',
+                                   ends_branch=shortcut is not None)
             self.shortcut = shortcut
         self.share_preact = share_preact
 
@@ -103,16 +102,14 @@ class PostActBasic(tf.Module):
     """
     expansion = 1
 
-    def __init__(self, in_channels, width, stride, shortcut, share_preact, dropout_rate, rng,
-                 name):
+    def __init__(self, in_channels, width, stride, shortcut, share_preact, make, name):
         super().__init__(name=name)
         with self.name_scope:
-            self.conv1 = layers.Conv2D(in_channels, width, 3, stride, rng, name='conv1')
-            self.bn1 = layers.BatchNorm(width, name='bn1')
-            self.dropout = (layers.Dropout(dropout_rate, int(rng.uniform_full_int([])), 'dropout')
-                            if dropout_rate else None)
-            self.conv2 = layers.Conv2D(width, width, 3, 1, rng, name='conv2')
-            self.bn2 = layers.BatchNorm(width, name='bn2')
+            self.conv1 = make.conv(in_channels, width, 3, stride, name='conv1')
+            self.bn1 = make.norm(width, name='bn1')
+            self.dropout = make.dropout('dropout')
+            self.conv2 = make.conv(width, width, 3, 1, name='conv2')
+            self.bn2 = make.norm(width, name='bn2', ends_branch=shortcut is not None)
             self.shortcut = shortcut
 
     def __call__(self, x, training):
@@ -129,17 +126,16 @@ class PostActBottleneck(tf.Module):
     """
     expansion = EXPANSION
 
-    def __init__(self, in_channels, width, stride, shortcut, share_preact, dropout_rate, rng,
-                 name):
+    def __init__(self, in_channels, width, stride, shortcut, share_preact, make, name):
         super().__init__(name=name)
         out_channels = width * EXPANSION
         with self.name_scope:
-            self.conv1 = layers.Conv2D(in_channels, width, 1, 1, rng, name='conv1')
-            self.bn1 = layers.BatchNorm(width, name='bn1')
-            self.conv2 = layers.Conv2D(width, width, 3, stride, rng, name='conv2')
-            self.bn2 = layers.BatchNorm(width, name='bn2')
-            self.conv3 = layers.Conv2D(width, out_channels, 1, 1, rng, name='conv3')
-            self.bn3 = layers.BatchNorm(out_channels, name='bn3')
+            self.conv1 = make.conv(in_channels, width, 1, 1, name='conv1')
+            self.bn1 = make.norm(width, name='bn1')
+            self.conv2 = make.conv(width, width, 3, stride, name='conv2')
+            self.bn2 = make.norm(width, name='bn2')
+            self.conv3 = make.conv(width, out_channels, 1, 1, name='conv3')
+            self.bn3 = make.norm(out_channels, name='bn3', ends_branch=shortcut is not None)
             self.shortcut = shortcut
 
     def __call__(self, x, training):
@@ -162,23 +158,21 @@ class ResNet(tf.Module):
       bottleneck: 1x1-3x3-1x1 units with 4x expansion instead of two 3x3 convs.
       shortcut_type: 'A', 'A_subsample', 'B' or 'C' (see layers.shortcut); None for
         the plain net (the same layers without any addition).
-      dropout_rate: dropout between the convs of basic units (wide ResNets).
       num_classes: width of the linear layer.
-      seed: initialisation seed.
+      make: a layers.Factory: the initialisation seed and the layer options (strided
+        padding, batch-norm momentum, dropout between the convs of basic units, ...).
       compute_dtype: dtype of the activations; variables stay float32.
     """
 
-    def __init__(self, stages, stem_width=16, version=2, bottleneck=False, shortcut_type='A',
-                 dropout_rate=0.0, num_classes=10, seed=0, compute_dtype=tf.float32,
-                 name='resnet'):
+    def __init__(self, stages, make, stem_width=16, version=2, bottleneck=False,
+                 shortcut_type='A', num_classes=10, compute_dtype=tf.float32, name='resnet'):
         super().__init__(name=name)
         self.compute_dtype = compute_dtype
         self.version = version
         unit_class = UNITS[(version, bottleneck)]
-        rng = tf.random.Generator.from_seed(seed)
         with self.name_scope:
-            self.stem = layers.Conv2D(3, stem_width, 3, 1, rng, name='stem')
-            self.stem_bn = layers.BatchNorm(stem_width, name='stem_bn') if version == 1 else None
+            self.stem = make.conv(3, stem_width, 3, 1, name='stem')
+            self.stem_bn = make.norm(stem_width, name='stem_bn') if version == 1 else None
             channels = stem_width
             self.stages = []
             for s, (count, width, first_stride) in enumerate(stages):
@@ -187,15 +181,14 @@ class ResNet(tf.Module):
                     stride = first_stride if u == 0 else 1
                     out_channels = width * unit_class.expansion
                     link = (layers.shortcut(shortcut_type, channels, out_channels, stride,
-                                            version == 1, rng) if shortcut_type else None)
+                                            version == 1, make) if shortcut_type else None)
                     units.append(unit_class(channels, width, stride, link,
-                                            share_preact=(s == 0 and u == 0), rng=rng,
-                                            dropout_rate=dropout_rate,
+                                            share_preact=(s == 0 and u == 0), make=make,
                                             name='stage%d_unit%d' % (s + 1, u + 1)))
                     channels = out_channels
                 self.stages.append(units)
-            self.final_bn = layers.BatchNorm(channels, name='final_bn') if version == 2 else None
-            self.fc = layers.Dense(channels, num_classes, rng, name='fc')
+            self.final_bn = make.norm(channels, name='final_bn') if version == 2 else None
+            self.fc = make.dense(channels, num_classes, name='fc')
 
     def __call__(self, images, training=False, trace=None):
         """Float32 logits for a batch of mean-subtracted images [B, H, W, 3].

@@ -1,7 +1,11 @@
 """The learning-rate schedule: piecewise constant, with an optional warm-up.
 
 He et al. 2015, section 4.2: 0.1, divided by 10 at 32k and 48k iterations, stop at
-64k; for ResNet-110, 0.01 for the first 400 iterations "to warm up training".
+64k; for ResNet-110, 0.01 for the first 400 iterations "to warm up training" (a
+'constant' warm-up). Goyal et al. 2017 ("Accurate, Large Minibatch SGD") found the
+sudden jump at the end of such a warm-up harmful and raise the rate gradually
+instead: a 'linear' warm-up goes from warmup_lr to the first rate in
+warmup_iterations equal steps.
 """
 
 import dataclasses
@@ -11,6 +15,8 @@ import tensorflow as tf
 
 from v2.errors import UserError
 
+WARMUPS = ('constant', 'linear')
+
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
@@ -19,6 +25,7 @@ class Schedule:
     values: Tuple[float, ...] = (0.1, 0.01, 0.001)
     warmup_iterations: int = 0
     warmup_lr: float = 0.01
+    warmup: str = 'constant'            # or 'linear' (Goyal et al. 2017)
 
     def __post_init__(self):
         if len(self.values) != len(self.boundaries) + 1:
@@ -32,6 +39,8 @@ class Schedule:
         if not all(0 < v < float('inf') for v in self.values):     # also refuses nan
             raise UserError('--lr_values=%s must all be positive and finite'
                             % ','.join(str(v) for v in self.values))
+        if self.warmup not in WARMUPS:
+            raise UserError('--warmup=%s: expected one of %s' % (self.warmup, '|'.join(WARMUPS)))
 
     def __call__(self, step):
         """The learning rate (float32 tensor) used for the update of iteration `step`."""
@@ -39,5 +48,9 @@ class Schedule:
         index = tf.reduce_sum(tf.cast(step >= tf.constant(self.boundaries, tf.int64), tf.int32))
         rate = tf.gather(tf.constant(self.values, tf.float32), index)
         if self.warmup_iterations:
-            rate = tf.where(step < self.warmup_iterations, tf.constant(self.warmup_lr), rate)
+            start = tf.constant(self.warmup_lr)
+            if self.warmup == 'linear':
+                done = tf.cast(step, tf.float32) / self.warmup_iterations
+                start = start + (rate - start) * done
+            rate = tf.where(step < self.warmup_iterations, start, rate)
         return rate

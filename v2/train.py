@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from v2 import checkpoint, data, distribution, layers, precision as precision_lib
+from v2 import checkpoint, data, distribution, precision as precision_lib
 from v2.errors import UserError
 from v2.evaluate import Evaluator
 from v2.model import build, count_parameters, decayed_weights
@@ -47,6 +47,8 @@ class TrainConfig:
     deterministic: bool = False
     nan_policy: str = 'stop'
     sync_batch_norm: bool = False
+    bn_momentum: float = 0.9
+    zero_init_residual: bool = False
     distribution_strategy: str = 'default'
     devices: tuple = ()
     cpu_devices: int = 0
@@ -250,16 +252,16 @@ def train(model_config, config, data_path, out=print, on_step=None, on_record=No
     latest = tf.train.latest_checkpoint(config.ckpt_path)
     saved = checkpoint.Saved(latest) if latest else None
     if saved:
+        model_config = _keep_strided_padding(saved, model_config, out)
         saved.check_matches(dataclasses.asdict(model_config))
 
     dtype = precision_lib.compute_dtype(config.precision, warn=out)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     with cluster.strategy.scope():
-        model = build(model_config, seed=config.seed, compute_dtype=dtype)
-        for module in model.submodules:
-            if isinstance(module, layers.BatchNorm):
-                module.synchronized = config.sync_batch_norm
+        model = build(model_config, seed=config.seed, compute_dtype=dtype,
+                      bn_momentum=config.bn_momentum, sync_batch_norm=config.sync_batch_norm,
+                      zero_init_residual=config.zero_init_residual)
         optimizer = Momentum(model.trainable_variables, config.momentum, config.nesterov)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step',
                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -330,6 +332,16 @@ def train(model_config, config, data_path, out=print, on_step=None, on_record=No
         out('weights digest %s (the same on every worker of a synchronous run)'
             % distribution.weights_digest(cluster, model.trainable_variables))
     return result
+
+
+def _keep_strided_padding(saved, model_config, out):
+    """A checkpoint from before the symmetric strided padding goes on training with its own."""
+    if saved.config.strided_padding == model_config.strided_padding:
+        return model_config
+    out('note: %s was trained with TensorFlow\'s SAME padding at its strided convolutions '
+        '(checkpoints before the symmetric padding); it goes on with that padding'
+        % saved.prefix)
+    return dataclasses.replace(model_config, strided_padding=saved.config.strided_padding)
 
 
 @dataclasses.dataclass

@@ -26,7 +26,19 @@ flags.DEFINE_list('lr_boundaries', ['32000', '48000'], 'Steps at which the next 
 flags.DEFINE_integer('warmup_iterations', 0,
                      'Steps at --warmup_lr first (He et al. 2015 used 400 for ResNet-110).',
                      lower_bound=0)
-flags.DEFINE_float('warmup_lr', 0.01, 'Learning rate during the warm-up.', lower_bound=0.0)
+flags.DEFINE_float('warmup_lr', 0.01, 'Learning rate during the warm-up (linear: where it '
+                   'starts).', lower_bound=0.0)
+flags.DEFINE_enum('warmup', 'constant', list(schedule.WARMUPS),
+                  'constant: --warmup_lr throughout the warm-up, then the first rate (He et al. '
+                  '2015); linear: from --warmup_lr up to the first rate in equal steps (Goyal '
+                  'et al. 2017).')
+flags.DEFINE_float('bn_momentum', 0.9, 'Batch norm\'s moving averages keep this much of their '
+                   'value at each step (0.9 as in the papers\' Torch code).',
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_boolean('zero_init_residual', False,
+                     'Start every residual branch at zero (its last batch-norm scale, or its last '
+                     'conv in pre-activation units), so each unit starts as its shortcut (Goyal et '
+                     'al. 2017). Plain nets are left as they are.')
 flags.DEFINE_integer('max_to_keep', 5, 'Checkpoints kept in --ckpt_path.', lower_bound=1)
 flags.DEFINE_integer('eval_every', 0, 'Evaluate on test_batch.bin every N steps (0: never).',
                      lower_bound=0)
@@ -90,7 +102,7 @@ def configs_from_flags():
         schedule=schedule.Schedule(boundaries=_numbers('lr_boundaries', int),
                                    values=_numbers('lr_values', float),
                                    warmup_iterations=FLAGS.warmup_iterations,
-                                   warmup_lr=FLAGS.warmup_lr),
+                                   warmup_lr=FLAGS.warmup_lr, warmup=FLAGS.warmup),
         max_to_keep=FLAGS.max_to_keep,
         eval_every=FLAGS.eval_every,
         eval_batch_size=FLAGS.eval_batch_size,
@@ -100,6 +112,8 @@ def configs_from_flags():
         deterministic=FLAGS.deterministic,
         nan_policy=FLAGS.nan_policy,
         sync_batch_norm=FLAGS.sync_batch_norm,
+        bn_momentum=FLAGS.bn_momentum,
+        zero_init_residual=FLAGS.zero_init_residual,
         distribution_strategy=FLAGS.distribution_strategy,
         devices=tuple(FLAGS.devices),
         cpu_devices=FLAGS.cpu_devices,

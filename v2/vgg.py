@@ -9,7 +9,6 @@ parameters with a 10-class head).
 
 import tensorflow as tf
 
-from v2 import layers
 
 # Filters of the convs of each stage; a stage ends with a 2x2 max-pool.
 CONFIGS = {
@@ -23,22 +22,21 @@ CONFIGS = {
 class VGG(tf.Module):
     """A VGG-BN net; call it on mean-subtracted images [B, 32, 32, 3] for float32 logits."""
 
-    def __init__(self, depth, num_classes=10, seed=0, compute_dtype=tf.float32, name='vgg'):
+    def __init__(self, depth, make, num_classes=10, compute_dtype=tf.float32, name='vgg'):
         super().__init__(name=name)
         self.compute_dtype = compute_dtype
-        rng = tf.random.Generator.from_seed(seed)
         channels = 3
         with self.name_scope:
             self.stages = []
             for s, widths in enumerate(CONFIGS[depth]):
                 stage = []
                 for c, width in enumerate(widths):
-                    stage.append((layers.Conv2D(channels, width, 3, 1, rng,
-                                                name='conv%d_%d' % (s + 1, c + 1)),
-                                  layers.BatchNorm(width, name='bn%d_%d' % (s + 1, c + 1))))
+                    stage.append((make.conv(channels, width, 3, 1,
+                                            name='conv%d_%d' % (s + 1, c + 1)),
+                                  make.norm(width, name='bn%d_%d' % (s + 1, c + 1))))
                     channels = width
                 self.stages.append(stage)
-            self.fc = layers.Dense(channels, num_classes, rng, name='fc')
+            self.fc = make.dense(channels, num_classes, name='fc')
 
     def __call__(self, images, training=False, trace=None):
         x = tf.cast(images, self.compute_dtype)
