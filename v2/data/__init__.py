@@ -1,0 +1,1 @@
+"""CIFAR data: cifar (records, files, checks), pipeline (tf.data batches), download."""

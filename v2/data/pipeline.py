@@ -1,0 +1,157 @@
+"""The input pipelines: training batches keyed by (seed, step), and evaluation batches.
+
+The training set is held in memory as uint8. The pipeline only draws each step's
+batch (a gather of uint8 images and their labels); prepare_batch then normalises
+and augments it inside the training step, on the device that trains, so only
+uint8 bytes (a quarter of float32's) cross from the host. The order of every
+epoch and the augmentation of every batch are pure functions of (seed, step), so
+a run resumed at step k sees exactly the batches it would have seen without the
+interruption.
+"""
+
+import tensorflow as tf
+
+from v2.data.cifar import IMAGE_SIZE
+from v2.errors import UserError
+
+# He et al. 2015, section 4.2: "4 pixels are padded on each side, and a 32x32
+# crop is randomly sampled from the padded image or its horizontal flip".
+PAD = 4
+# The random-number algorithm of every draw. TensorFlow's default, 'auto_select', picks
+# by device: Philox on CPUs, another under XLA or on GPUs. Named, the same (seed, step)
+# gives the same batch on every device, so a run can move between them.
+RNG = 'philox'
+
+
+def normalize(images, mean):
+    """uint8 images -> float32 with the per-pixel training-set mean subtracted."""
+    return tf.cast(images, tf.float32) - mean
+
+
+def step_key(seed, step):
+    """The stateless RNG key [2] of one training step's augmentation."""
+    return tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
+
+
+def augment(images, key, first=0, total=None):
+    """Pads 4 zero pixels, crops a random 32x32 window and flips half at random.
+
+    `images` is a normalised float batch [B, 32, 32, 3], so the zero padding is the
+    mean pixel. The crop and flip are two batched gathers; `key` is a stateless RNG
+    key [2], so the same key always gives the same augmentation. `images` may be
+    rows first..first+B of a batch of `total` images (one replica's share): the
+    random draws are those of the whole batch, so the share is augmented exactly as
+    it would be on one device.
+    """
+    batch = tf.shape(images)[0]
+    total = batch if total is None else total
+    crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2, alg=RNG))
+    offsets = tf.random.stateless_uniform([total, 2], crop_key, minval=0, maxval=2 * PAD + 1,
+                                          dtype=tf.int32, alg=RNG)[first:first + batch]
+    flip = tf.random.stateless_uniform([total, 1], flip_key, minval=0, maxval=2,
+                                       dtype=tf.int32, alg=RNG)[first:first + batch] > 0
+    padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]])
+    span = tf.range(IMAGE_SIZE)
+    rows = offsets[:, :1] + span                                               # [B, 32]
+    cols = offsets[:, 1:] + tf.where(flip, IMAGE_SIZE - 1 - span, span)       # [B, 32]
+    cropped = tf.gather(padded, rows, axis=1, batch_dims=1)                    # [B, 32, 40, C]
+    return tf.gather(cropped, cols, axis=2, batch_dims=1)                      # [B, 32, 32, C]
+
+
+def cutout(images, key, size, first=0, total=None):
+    """Zeroes one size x size square of each image, centred anywhere on it.
+
+    DeVries & Taylor 2017 ("Improved Regularization of Convolutional Neural Networks
+    with Cutout"): the square may reach over the border, so less of it may show;
+    zero is the mean pixel of normalised images. Its key is derived from the step's,
+    so the crop and flip stay those of a run without cutout. `first`/`total` as in
+    augment.
+    """
+    batch = tf.shape(images)[0]
+    total = batch if total is None else total
+    centres = tf.random.stateless_uniform(
+        [total, 2], tf.random.experimental.stateless_fold_in(key, 1, alg=RNG), minval=0,
+        maxval=IMAGE_SIZE, dtype=tf.int32, alg=RNG)[first:first + batch]
+    span = tf.range(IMAGE_SIZE)
+    low = centres - size // 2
+    inside_rows = (span >= low[:, :1]) & (span < low[:, :1] + size)            # [B, 32]
+    inside_cols = (span >= low[:, 1:]) & (span < low[:, 1:] + size)           # [B, 32]
+    keep = ~(inside_rows[:, :, None] & inside_cols[:, None, :])               # [B, 32, 32]
+    return images * tf.cast(keep, images.dtype)[..., None]
+
+
+def prepare_batch(images, mean, key, first=0, total=None, cutout_size=0):
+    """A training batch as the step sees it: uint8 -> normalised, augmented float32."""
+    batch = augment(normalize(images, mean), key, first, total)
+    return cutout(batch, key, cutout_size, first, total) if cutout_size else batch
+
+
+def epoch_order(num_examples, seed, epoch):
+    """The shuffled example order of one epoch: a pure function of (seed, epoch)."""
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(num_examples), seed=tf.stack([tf.cast(seed, tf.int64), epoch]), alg=RNG)
+
+
+def train_batches(images, labels, batch_size, seed, start_step, num_steps):
+    """The uint8 batches of steps start_step .. num_steps-1, not yet augmented.
+
+    Each epoch is a fresh shuffle of the whole set, cut into whole batches (the
+    remainder of an epoch is dropped, as every step needs a full batch); the
+    batch of step s is the same however the run was interrupted and resumed.
+    Yields (uint8 images [B, 32, 32, 3], int32 labels [B]); the step normalises
+    and augments them with prepare_batch and the key step_key(seed, s).
+    """
+    num_examples = int(images.shape[0])
+    steps_per_epoch = num_examples // batch_size
+    if steps_per_epoch == 0:
+        raise UserError('batch_size=%d is larger than the %d training images'
+                        % (batch_size, num_examples), settings=('batch_size',))
+    first_epoch = start_step // steps_per_epoch
+    last_epoch = (max(num_steps, 1) - 1) // steps_per_epoch + 1
+
+    def epoch_batches(epoch):
+        order = epoch_order(num_examples, seed, epoch)[:steps_per_epoch * batch_size]
+        return tf.data.Dataset.from_tensor_slices(tf.reshape(order, [steps_per_epoch, batch_size]))
+
+    def gather(indices):
+        return tf.gather(images, indices), tf.gather(labels, indices)
+
+    return (tf.data.Dataset.range(first_epoch, last_epoch)
+            .flat_map(epoch_batches)
+            .skip(start_step - first_epoch * steps_per_epoch)
+            .take(num_steps - start_step)
+            .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def augmented_batches(images, labels, mean, batch_size, seed, start_step, num_steps,
+                      cutout_size=0):
+    """train_batches prepared on the host: float32 batches as the training step sees them.
+
+    For code that takes ready batches (a Keras model's fit, the tests); the trainer
+    itself prepares each batch inside its step, on the device.
+    """
+    steps = tf.data.Dataset.range(start_step, num_steps)
+    batches = train_batches(images, labels, batch_size, seed, start_step, num_steps)
+    mean = tf.constant(mean)
+    return (tf.data.Dataset.zip((steps, batches))
+            .map(lambda s, b: (prepare_batch(b[0], mean, step_key(seed, s),
+                                             cutout_size=cutout_size), b[1]),
+                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def eval_batches(images, labels, batch_size):
+    """The whole evaluation set in order, uint8, in batches of at most batch_size.
+
+    tf.data's autotuning is off here. Every evaluation starts a new iterator, and
+    on 2 cores the autotuner's start-up then competed with the model for the CPU:
+    about one ResNet-56 pass in three took 1.7 s (50%) longer. Slicing a batch
+    costs far less than the model, so one batch prepared ahead is enough.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return (tf.data.Dataset.from_tensor_slices((images, labels))
+            .batch(batch_size)
+            .prefetch(1)
+            .with_options(options))

@@ -1,0 +1,1 @@
+"""Evaluation: evaluate (metrics of checkpoints), export (SavedModel, image files), tflite."""

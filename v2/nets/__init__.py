@@ -1,0 +1,1 @@
+"""The networks: layers, resnet (units and the ResNet class), vgg, model (ModelConfig, build)."""

@@ -1,0 +1,461 @@
+"""The runs behind the figures and tables, from a recipe in a flag file, each grid resumable.
+
+  python -m v2.tools.experiments figure6 --flagfile=configs/figure6.flags --data_path=D
+  python -m v2.tools.experiments table --flagfile=configs/table.flags --data_path=D
+  python -m v2.tools.experiments switches --flagfile=configs/switches.flags --data_path=D
+  python -m v2.tools.experiments architecture
+
+Each command takes the trainer's flags (the recipe, usually a flag file from
+configs/) plus --depths and --seeds, trains one run per point of its grid into
+--work_dir (checkpoints, TensorBoard logs and the recorded points of every run), and
+writes its results into --out. Runs are resumable: an interrupted command picks up
+where it stopped, a finished one is not trained again, and a work_dir made with
+another recipe is refused. With --deterministic in the recipe the same flags give
+the same numbers.
+
+figure6: He et al. 2015, Figure 6. The plain and the residual net of every depth and
+  seed; the training error (the mean over each logging window of the augmented
+  batches, as the paper plots it) and the test error at every --eval_every step.
+  Writes figure6.csv (every point), figure6.json (the recipe and the final errors:
+  per seed, mean, std) and figure6.png (both panels). --reference trains the same
+  grid through a Keras 3 model of the same nets instead (figure6_reference.*).
+table: the test error of the final checkpoint of every depth and seed, evaluated as
+  run_evaluator.py does, beside the paper's (v2.tools.catalog.PAPER_ERRORS), labelled
+  with the images used: table.csv, table.json, table.md.
+switches: the recipe with each modern option on (label smoothing, a cosine schedule
+  with linear warm-up, weight averaging, cutout, flip test-time augmentation) against
+  the recipe itself, over the seeds: switches.csv, switches.json, switches.md.
+architecture: architecture.json, the ResNet-20 we build, read from the model
+  (v2.tools.anatomy); drawn as architecture.png.
+"""
+
+import csv
+import dataclasses
+import json
+import os
+import statistics
+
+import tensorflow as tf
+
+from v2.cli import app, flags
+from v2.data import cifar
+from v2.errors import UserError
+from v2.evaluation import evaluate
+from v2.nets import model
+from v2.tools import catalog
+from v2.training import loop
+
+FLAGS = flags.FLAGS
+NETWORKS = ('plain', 'resnet')
+
+# The modern options of the switches command: what each changes in the recipe.
+SWITCHES = {
+    'label_smoothing': 'label_smoothing=0.1 (Szegedy et al. 2016)',
+    'cosine': 'cosine decay to 0 after a linear warm-up over the first 5% of the steps',
+    'ema': 'weight averages with decay 0.999, evaluated instead of the weights',
+    'cutout': 'cutout of 16x16 (DeVries & Taylor 2017)',
+    'tta': 'the default runs evaluated with flipped views averaged',
+}
+
+
+def _integers(name):
+    try:
+        values = [int(v) for v in FLAGS[name].value]
+    except ValueError:
+        raise UserError('--%s=%s: expected integers separated by commas'
+                        % (name, ','.join(FLAGS[name].value))) from None
+    if not values:
+        raise UserError('--%s: give at least one value' % name)
+    return values
+
+
+class Points:
+    """One run's recorded points, kept in <run folder>/points.jsonl as they come.
+
+    On a resumed run, points after the checkpoint it resumes from are dropped: the
+    trainer records a step's points before writing its checkpoint, so the file
+    never lags the checkpoints, and the run regenerates what it drops.
+    """
+
+    def __init__(self, folder, keep_all=False):
+        self.path = os.path.join(folder, 'points.jsonl')
+        latest = tf.train.latest_checkpoint(folder)
+        resumed_at = int(latest.rsplit('-', 1)[1]) if latest else 0
+        self.rows = []
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.rows = [row for row in map(json.loads, f)
+                             if keep_all or row['step'] <= resumed_at]
+        os.makedirs(folder, exist_ok=True)
+        with open(self.path, 'w') as f:
+            f.writelines(json.dumps(row) + '\n' for row in self.rows)
+
+    def __call__(self, step, split, metrics):
+        row = {'step': step, 'split': split, 'error': 1.0 - float(metrics['accuracy']),
+               'cross_entropy': float(metrics['cross_entropy'])}
+        self.rows.append(row)
+        with open(self.path, 'a') as f:
+            f.write(json.dumps(row) + '\n')
+
+    def final(self, split, step):
+        return [r for r in self.rows if (r['split'], r['step']) == (split, step)]
+
+
+@dataclasses.dataclass
+class Run:
+    """One point of a grid: its labels, its folder and what it trains."""
+    labels: dict
+    folder: str
+    model_config: model.ModelConfig
+    recipe: object
+
+    @property
+    def name(self):
+        return ' '.join('%s %s' % (k, v) for k, v in self.labels.items())
+
+
+def work_dir(command):
+    return FLAGS.work_dir or os.path.join('runs', command)
+
+
+def check_data():
+    """The data folder, checked: (its path, training images, test images)."""
+    if not FLAGS.data_path:
+        raise UserError('--data_path: give the folder of the CIFAR-10 binary files')
+    spec = cifar.DATASETS[flags.model_config(num_layers=FLAGS.num_layers or 20).dataset]
+    train_paths = cifar.check_files(FLAGS.data_path, spec.train_files, spec)
+    test_paths = cifar.check_files(FLAGS.data_path, spec.test_files, spec)
+    count = lambda paths: sum(os.path.getsize(p) for p in paths) // spec.record_bytes  # noqa
+    return FLAGS.data_path, count(train_paths), count(test_paths)
+
+
+def check_depths(depths):
+    """The flags' net at the first depth; every depth is checked before anything trains."""
+    config = flags.model_config(num_layers=None)
+    for depth in depths:
+        try:
+            dataclasses.replace(config, num_layers=depth)
+        except UserError as e:
+            raise UserError('--depths=%s: %s' % (','.join(FLAGS.depths), e)) from None
+    return dataclasses.replace(config, num_layers=depths[0])
+
+
+def check_work_dir(folder, spec):
+    """Refuses a work_dir whose runs were made with another recipe (their points would mix)."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, 'recipe.json')
+    if os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)
+        changed = sorted(k for k in set(before) | set(spec) if before.get(k) != spec.get(k))
+        if changed:
+            raise UserError('--work_dir=%s holds runs made with another %s; choose another '
+                            '--work_dir (nothing there was changed)'
+                            % (folder, ', '.join(changed)))
+    with open(path, 'w') as f:
+        json.dump(spec, f, indent=1, sort_keys=True)
+
+
+def spec_of(recipe, config, **extra):
+    """What makes the runs of a work_dir comparable: the recipe but its seed, the net."""
+    shaping = json.loads(recipe.to_json())
+    shaping.pop('seed')
+    return dict(recipe=shaping, network=json.loads(dataclasses.replace(
+        config, num_layers=None).to_json()), **extra)
+
+
+def train_run(run, data_path, index, count, **option_changes):
+    """Trains one run to its end (or resumes it); returns its Points."""
+    print('run %d/%d: %s (%s)' % (index, count, run.name, run.folder), flush=True)
+    points = Points(run.folder)
+    options = flags.run_options(run.model_config, ckpt_path=run.folder,
+                                log_path=os.path.join(run.folder, 'logs'), max_to_keep=1,
+                                save_every=FLAGS.log_per_iterations, **option_changes)
+    loop.train(run.model_config, run.recipe, options, data_path,
+               out=lambda line: print('  [%s] %s' % (run.name, line), flush=True),
+               on_record=points)
+    return points
+
+
+def mean_std(values):
+    return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def percent(values):
+    mean, std = mean_std(values)
+    return '%.2f ± %.2f' % (100 * mean, 100 * std)
+
+
+# --- figure6 -------------------------------------------------------------------------------
+
+def figure6(out):
+    data_path, train_images, test_images = check_data()
+    depths, seeds = _integers('depths'), _integers('seeds')
+    networks = list(FLAGS.networks)
+    if not networks or set(networks) - set(NETWORKS):
+        raise UserError('--networks=%s: expected plain, resnet or both' % ','.join(networks))
+    base = check_depths(depths)
+    recipe = flags.recipe()
+    reference = FLAGS.reference
+    name = 'figure6_reference' if reference else 'figure6'
+    folder = work_dir(name)
+    check_work_dir(folder, spec_of(recipe, base, record_every=FLAGS.log_per_iterations,
+                                   eval_every=FLAGS.eval_every, data=train_images))
+    runs = [Run(dict(network=network, depth=depth, seed=seed),
+                os.path.join(folder, '%s%d_seed%d' % (network, depth, seed)),
+                dataclasses.replace(base, num_layers=depth,
+                                    shortcut_connections=network == 'resnet'),
+                dataclasses.replace(recipe, seed=seed))
+            for depth in depths for network in networks for seed in seeds]
+    rows = []
+    for i, run in enumerate(runs, 1):
+        if reference:
+            points = reference_run(run, data_path, i, len(runs))
+        else:
+            points = train_run(run, data_path, i, len(runs))
+        rows += [dict(run.labels, **row) for row in points.rows]
+    os.makedirs(out, exist_ok=True)
+    csv_path = os.path.join(out, name + '.csv')
+    write_csv(rows, csv_path, ['network', 'depth', 'seed', 'step', 'split', 'error',
+                               'cross_entropy'])
+    summary = summarize(rows, depths, networks, seeds, recipe.num_iterations)
+    with open(os.path.join(out, name + '.json'), 'w') as f:
+        json.dump({'recipe': json.loads(recipe.to_json()), 'seeds': seeds,
+                   'network': json.loads(base.to_json()),
+                   'implementation': 'Keras 3 (v2.tools.keras_nets)' if reference else 'v2',
+                   'training_images': train_images, 'test_images': test_images,
+                   'final': summary}, f, indent=1)
+    print('wrote %s and %s' % (csv_path, os.path.join(out, name + '.json')))
+    for line in summary_lines(summary):
+        print(line)
+    return csv_path
+
+
+def reference_run(run, data_path, index, count):
+    """figure6 --reference: one run through the Keras model (a finished one is kept)."""
+    from v2.tools import keras_nets
+    print('run %d/%d: %s, Keras reference (%s)' % (index, count, run.name, run.folder),
+          flush=True)
+    points = Points(run.folder, keep_all=True)
+    if points.final('test', run.recipe.num_iterations):
+        return points
+    points.rows = []
+    open(points.path, 'w').close()
+    keras_nets.fit_reference(run.model_config, run.recipe, data_path, FLAGS.log_per_iterations,
+                             points, out=lambda line: print('  [%s] %s' % (run.name, line),
+                                                            flush=True))
+    return points
+
+
+def write_csv(rows, path, fields):
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields, lineterminator='\n', extrasaction='ignore')
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: '%.6f' % v if isinstance(v, float) else v
+                             for k, v in row.items()})
+
+
+def summarize(rows, depths, networks, seeds, last):
+    """Final training and test error of each network and depth: per seed, mean and std."""
+    summary = []
+    for depth in depths:
+        for network in networks:
+            entry = {'network': network, 'depth': depth}
+            for split in ('train', 'test'):
+                errors = [r['error'] for seed in seeds for r in rows
+                          if (r['network'], r['depth'], r['seed'], r['split'], r['step'])
+                          == (network, depth, seed, split, last)]
+                mean, std = mean_std(errors)
+                entry[split] = {'per_seed': errors, 'mean': mean, 'std': std}
+            summary.append(entry)
+    return summary
+
+
+def summary_lines(summary):
+    lines = ['%-8s %5s  %-22s %-22s' % ('network', 'depth', 'final training error',
+                                        'final test error')]
+    for e in summary:
+        lines.append('%-8s %5d  %-22s %-22s' % (
+            e['network'], e['depth'],
+            '%.2f%% +- %.2f' % (100 * e['train']['mean'], 100 * e['train']['std']),
+            '%.2f%% +- %.2f' % (100 * e['test']['mean'], 100 * e['test']['std'])))
+    return lines
+
+
+# --- table ---------------------------------------------------------------------------------
+
+def test_error(run, data_path, tta=False):
+    """The test error of a run's final checkpoint, evaluated as run_evaluator.py does."""
+    (_, _, metrics), = evaluate.evaluate_checkpoints(
+        run.folder, data_path, batch_size=FLAGS.eval_batch_size, out=lambda line: None,
+        tta=tta)
+    return metrics.error
+
+
+def data_label(train_images, test_images, validation):
+    used = train_images - validation
+    return ('%d training images%s, %d test images%s'
+            % (used, ' (%d more held out for validation)' % validation if validation else '',
+               test_images, '' if train_images == 50000 and test_images == 10000
+               else ' (not the full CIFAR-10: not comparable with the papers\' figures)'))
+
+
+def table(out):
+    data_path, train_images, test_images = check_data()
+    depths, seeds = _integers('depths'), _integers('seeds')
+    base = check_depths(depths)
+    recipe = flags.recipe()
+    folder = work_dir('table')
+    check_work_dir(folder, spec_of(recipe, base, data=train_images))
+    runs = [Run(dict(depth=depth, seed=seed),
+                os.path.join(folder, '%s_seed%d' % (dataclasses.replace(
+                    base, num_layers=depth).slug(), seed)),
+                dataclasses.replace(base, num_layers=depth), dataclasses.replace(recipe, seed=seed))
+            for depth in depths for seed in seeds]
+    rows = []
+    for i, run in enumerate(runs, 1):
+        points = train_run(run, data_path, i, len(runs))
+        final_train = points.final('train', recipe.num_iterations)
+        rows.append(dict(run.labels, network=run.model_config.describe(),
+                         train_error=final_train[-1]['error'] if final_train else float('nan'),
+                         test_error=test_error(run, data_path)))
+    label = data_label(train_images, test_images, recipe.validation_split)
+    entries = []
+    for depth in depths:
+        mine = [r for r in rows if r['depth'] == depth]
+        network = mine[0]['network']
+        paper = catalog.PAPER_ERRORS.get(network)
+        entries.append(dict(network=network, depth=depth, runs=len(mine),
+                            test_errors=[r['test_error'] for r in mine],
+                            train_errors=[r['train_error'] for r in mine],
+                            paper=paper[0] if paper else None,
+                            paper_source=paper[1] if paper else None))
+    return write_results(out, 'table', rows, ['network', 'depth', 'seed', 'train_error',
+                                              'test_error'],
+                         dict(recipe=json.loads(recipe.to_json()), seeds=seeds, data=label,
+                              results=entries),
+                         table_markdown(entries, label, recipe))
+
+
+def table_markdown(entries, label, recipe):
+    lines = ['Final test error (%%, mean ± std over seeds) after %d iterations; %s.'
+             % (recipe.num_iterations, label), '',
+             '| network | runs | final training error | test error | paper (full data) |',
+             '|---|---:|---:|---:|---|']
+    for e in entries:
+        paper = '%.2f (%s)' % (e['paper'], e['paper_source']) if e['paper'] else '-'
+        lines.append('| %s | %d | %s | %s | %s |' % (e['network'], e['runs'],
+                                                     percent(e['train_errors']),
+                                                     percent(e['test_errors']), paper))
+    return '\n'.join(lines) + '\n'
+
+
+def write_results(out, name, rows, fields, summary, markdown):
+    os.makedirs(out, exist_ok=True)
+    paths = [os.path.join(out, name + suffix) for suffix in ('.csv', '.json', '.md')]
+    write_csv(rows, paths[0], fields)
+    with open(paths[1], 'w') as f:
+        json.dump(summary, f, indent=1)
+    with open(paths[2], 'w') as f:
+        f.write(markdown)
+    print('wrote %s' % ', '.join(paths))
+    print(markdown)
+    return paths[0]
+
+
+# --- switches ------------------------------------------------------------------------------
+
+def switched(recipe, switch):
+    """The recipe with one modern option on."""
+    if switch == 'label_smoothing':
+        return dataclasses.replace(recipe, label_smoothing=0.1)
+    if switch == 'cosine':
+        warmup = max(1, recipe.num_iterations // 20)
+        return dataclasses.replace(recipe, schedule=dataclasses.replace(
+            recipe.schedule, decay='cosine', cosine_steps=recipe.num_iterations,
+            warmup='linear', warmup_iterations=warmup, warmup_lr=0.0))
+    if switch == 'ema':
+        return dataclasses.replace(recipe, ema_decay=0.999)
+    if switch == 'cutout':
+        return dataclasses.replace(recipe, cutout=16)
+    return recipe                                       # tta: the default runs
+
+
+def switches(out):
+    data_path, train_images, test_images = check_data()
+    seeds = _integers('seeds')
+    chosen = list(FLAGS.switches) or list(SWITCHES)
+    unknown = [s for s in chosen if s not in SWITCHES]
+    if unknown:
+        raise UserError('--switches=%s: expected some of %s'
+                        % (','.join(chosen), ','.join(SWITCHES)))
+    config = flags.model_config()
+    recipe = flags.recipe()
+    folder = work_dir('switches')
+    check_work_dir(folder, spec_of(recipe, config, data=train_images,
+                                   depth=config.num_layers))
+    variants = ['default'] + chosen
+    trained = [v for v in variants if v != 'tta']
+    runs = {(v, seed): Run(dict(variant=v, seed=seed),
+                           os.path.join(folder, '%s_seed%d' % (v, seed)), config,
+                           dataclasses.replace(switched(recipe, v), seed=seed))
+            for v in trained for seed in seeds}
+    rows = []
+    for i, ((variant, seed), run) in enumerate(sorted(runs.items()), 1):
+        train_run(run, data_path, i, len(runs))
+        rows.append(dict(variant=variant, seed=seed, test_error=test_error(run, data_path)))
+    if 'tta' in chosen:
+        rows += [dict(variant='tta', seed=seed,
+                      test_error=test_error(runs['default', seed], data_path, tta=True))
+                 for seed in seeds]
+    label = data_label(train_images, test_images, recipe.validation_split)
+    default = [r['test_error'] for r in rows if r['variant'] == 'default']
+    entries = []
+    for variant in variants:
+        errors = [r['test_error'] for r in rows if r['variant'] == variant]
+        entries.append(dict(variant=variant, test_errors=errors,
+                            change=statistics.mean(errors) - statistics.mean(default),
+                            what=SWITCHES.get(variant, 'the recipe as it is')))
+    lines = ['%s, %d iterations, %d seeds; %s. Test error (%%) of the final checkpoint, mean ± '
+             'std over seeds, and its change against the default recipe.'
+             % (config.describe(), recipe.num_iterations, len(seeds), label), '',
+             '| switch | what | test error | change |', '|---|---|---:|---:|']
+    lines += ['| %s | %s | %s | %+.2f |' % (e['variant'], e['what'], percent(e['test_errors']),
+                                           100 * e['change']) for e in entries]
+    return write_results(out, 'switches', rows, ['variant', 'seed', 'test_error'],
+                         dict(recipe=json.loads(recipe.to_json()), seeds=seeds, data=label,
+                              network=config.describe(), results=entries),
+                         '\n'.join(lines) + '\n')
+
+
+# --- architecture --------------------------------------------------------------------------
+
+def architecture(out):
+    from v2.tools import anatomy
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, 'architecture.json')
+    with open(path, 'w') as f:
+        json.dump(anatomy.describe(model.ModelConfig(num_layers=20)), f, indent=1)
+    print('wrote %s' % path)
+    return path
+
+
+COMMANDS = {'figure6': figure6, 'table': table, 'switches': switches,
+            'architecture': architecture}
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        raise UserError('expected one command, %s (e.g. python -m v2.tools.experiments figure6 '
+                        '--flagfile=configs/figure6.flags --data_path=../shared/cifar10)'
+                        % ' or '.join(COMMANDS))
+    written = COMMANDS[argv[1]](FLAGS.out)
+    if FLAGS.plot and argv[1] in ('figure6', 'architecture'):
+        from v2.tools import figures
+        figures.draw(written, FLAGS.out)
+    return 0
+
+
+if __name__ == '__main__':
+    app.run(main, flags.EXPERIMENTS)

@@ -1,0 +1,2 @@
+"""Training: recipe, schedule, optimizer, precision, devices, distribution, step, loop,
+checkpoint, ema."""

@@ -1,0 +1,144 @@
+"""What a checkpoint holds, and how one is found, read and checked.
+
+Every checkpoint is self-contained: besides the weights, batch-norm statistics,
+optimizer slots and step (and float16's loss scale and the weight averages where
+a run has them), it stores the architecture (ModelConfig as JSON), the training
+recipe (JSON) and the per-pixel training-set mean. The evaluator needs
+nothing else, and a checkpoint of another architecture is refused before any
+variable is restored, never half-loaded.
+"""
+
+import dataclasses
+import os
+import shutil
+
+import tensorflow as tf
+
+from v2.errors import UserError
+from v2.nets.model import ModelConfig
+
+ARCHITECTURE_KEY = 'architecture/.ATTRIBUTES/VARIABLE_VALUE'
+TRAINING_KEY = 'training/.ATTRIBUTES/VARIABLE_VALUE'
+MEAN_KEY = 'pixel_mean/.ATTRIBUTES/VARIABLE_VALUE'
+STEP_KEY = 'step/.ATTRIBUTES/VARIABLE_VALUE'
+EMA_PREFIX = 'ema/'
+
+
+def make(model, pixel_mean, step=None, optimizer=None, training_json='', loss_scale=None,
+         ema=None):
+    """The tf.train.Checkpoint of a run; optimizer and step are left out for evaluation."""
+    objects = dict(model=model,
+                   architecture=tf.Variable(model.config.to_json(), trainable=False),
+                   pixel_mean=pixel_mean if isinstance(pixel_mean, tf.Variable)
+                   else tf.Variable(pixel_mean, trainable=False))
+    if step is not None:
+        objects['step'] = step
+    if optimizer is not None:
+        objects['optimizer'] = optimizer
+        objects['training'] = tf.Variable(training_json, trainable=False)
+    if loss_scale is not None:
+        objects['loss_scale'] = loss_scale
+    if ema is not None:
+        objects['ema'] = ema
+    return tf.train.Checkpoint(**objects)
+
+
+def remove_partial_saves(folder):
+    """Deletes the ckpt-N_temp folders a save leaves when it is killed; returns their paths.
+
+    TensorFlow writes a checkpoint into such a folder and renames the files into
+    place before it updates the folder's index, so a cut-off save never touches the
+    previous checkpoint; it only leaves this debris.
+    """
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith('ckpt-') and name.endswith('_temp') and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def is_prefix(path):
+    """True if `path` is a checkpoint prefix (path.index exists)."""
+    return tf.io.gfile.exists(path + '.index')
+
+
+def find(ckpt_path):
+    """The checkpoint prefix that --ckpt_path names: a prefix, or a folder's latest.
+
+    Raises UserError when there is none.
+    """
+    if is_prefix(ckpt_path):
+        return ckpt_path
+    if not os.path.exists(ckpt_path):
+        raise UserError('ckpt_path=%s: no such checkpoint or folder' % ckpt_path,
+                        settings=('ckpt_path',))
+    if not os.path.isdir(ckpt_path):
+        raise UserError('ckpt_path=%s is not a checkpoint prefix (no %s.index) nor a folder'
+                        % (ckpt_path, ckpt_path), settings=('ckpt_path',))
+    prefix = tf.train.latest_checkpoint(ckpt_path)
+    if prefix is None:
+        raise UserError('ckpt_path=%s: the folder holds no checkpoint (train one into it '
+                        'with run_trainer.py)' % ckpt_path, settings=('ckpt_path',))
+    return prefix
+
+
+def find_all(ckpt_path):
+    """Every checkpoint the folder's index lists, oldest first (or the one prefix)."""
+    if is_prefix(ckpt_path):
+        return [ckpt_path]
+    find(ckpt_path)                                       # the errors for a bad folder
+    state = tf.train.get_checkpoint_state(ckpt_path)
+    return [p for p in state.all_model_checkpoint_paths if is_prefix(p)]
+
+
+class Saved:
+    """The metadata of a checkpoint, read without building a model."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        try:
+            reader = tf.train.load_checkpoint(prefix)
+            self.config = ModelConfig.from_json(reader.get_tensor(ARCHITECTURE_KEY).decode())
+            self.pixel_mean = reader.get_tensor(MEAN_KEY)
+            has = reader.has_tensor
+            self.step = int(reader.get_tensor(STEP_KEY)) if has(STEP_KEY) else None
+            self.training_json = (reader.get_tensor(TRAINING_KEY).decode()
+                                  if has(TRAINING_KEY) else '')
+            self.has_ema = any(k.startswith(EMA_PREFIX)
+                               for k in reader.get_variable_to_shape_map())
+        except Exception as e:       # the reader raises IndexError, OpError, ... on bad files
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError('%s: not a readable checkpoint of this trainer (%s)'
+                            % (prefix, message)) from None
+
+    def check_matches(self, wanted):
+        """Raises UserError naming both if a field of `wanted` (a dict) differs from the saved one.
+
+        The trainer passes every field of its config; the evaluator only those the
+        user set explicitly (the rest come from the checkpoint).
+        """
+        differ = [f for f, v in wanted.items() if getattr(self.config, f) != v]
+        if not differ:
+            return
+        has = ', '.join('%s=%s' % (f, getattr(self.config, f)) for f in differ)
+        ask = ', '.join('%s=%s' % (f, wanted[f]) for f in differ)
+        try:
+            ask = '%s (%s)' % (dataclasses.replace(self.config, **wanted).describe(), ask)
+        except UserError:
+            pass           # the fields alone make no valid net: name just the fields
+        raise UserError('%s is a %s checkpoint (%s), but %s was asked for'
+                        % (self.prefix, self.config.describe(), has, ask))
+
+
+def restore(checkpoint, prefix):
+    """Restores every variable of `checkpoint` from `prefix`; all must be found."""
+    try:
+        status = checkpoint.restore(prefix)
+        status.assert_existing_objects_matched()
+        status.expect_partial()      # the evaluator does not restore optimizer slots
+    except Exception as e:           # a damaged data file fails in several ways
+        raise UserError('%s: could not be restored (%s)'
+                        % (prefix, str(e).strip().splitlines()[0])) from None
+    return status

@@ -1,0 +1,474 @@
+"""The training loop: set-up in named steps, then training steps, windows, evaluations, saves.
+
+train() checks everything that can be checked before the first step (the data,
+the folders, a checkpoint already there), builds the training state, restores it,
+traces the step, and loops to recipe.num_iterations. A window of steps ends at
+every logging step: its metrics are read from the device once, checked (a non-
+finite loss stops the run before anything is saved), printed and summarised.
+Checkpoints are written at the end of windows (see RunOptions.save_every), at the
+end, and when a stop is requested.
+"""
+
+import dataclasses
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from v2.data import cifar, pipeline
+from v2.errors import UserError
+from v2.evaluation.evaluate import Evaluator
+from v2.nets.model import ModelConfig, build, count_parameters
+from v2.training import checkpoint, devices, distribution, precision
+from v2.training.ema import WeightAverage
+from v2.training.optimizer import Momentum
+from v2.training.recipe import Recipe, RunOptions
+from v2.training.step import METRICS, StepParts, Window, make_train_steps, make_window_end
+
+
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    checkpoint: str | None  # the last checkpoint written or restored
+    stopped_by: int = 0        # the signal that stopped training early, if any
+    last_metrics: dict = None  # the means of the last logging window
+
+
+def prepare_folder(path, setting):
+    """Creates `path` if needed and checks that files can be written there."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError('%s=%s is a file; it must be a folder' % (setting, path),
+                        settings=(setting,))
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UserError('%s=%s: cannot write there (%s)' % (setting, path, e.strerror or e),
+                        settings=(setting,)) from None
+
+
+class StopRequests:
+    """Turns the first SIGINT/SIGTERM into a request to checkpoint and stop.
+
+    A second signal stops at once (KeyboardInterrupt), for a user who cannot wait.
+    """
+
+    def __init__(self, out):
+        self.out = out
+        self.signum = 0
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.out('%s received: saving a checkpoint after this step (send it again to stop '
+                 'at once)' % signal.Signals(signum).name)
+
+    def __enter__(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def format_duration(seconds):
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return '%dh%02dm' % (seconds // 3600, seconds % 3600 // 60)
+    return '%dm%02ds' % (seconds // 60, seconds % 60)
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """The checked images of a run: uint8 training part, held-out part, test set, pixel mean."""
+    images: tf.Tensor
+    labels: tf.Tensor
+    mean: np.ndarray
+    evaluation: tuple | None = None        # (images, labels) evaluated every eval_every
+    evaluation_split: str = 'test'            # or 'validation'
+
+
+def load_training_data(model_config, recipe, data_path, evaluate=False):
+    """The checked training set (at least one batch), its pixel mean and the evaluation set.
+
+    With recipe.validation_split the last images are held out: they are what
+    eval_every evaluates, and the mean comes from the rest alone.
+    """
+    spec = cifar.DATASETS[model_config.dataset]
+    images, labels = cifar.load_split(data_path, spec, 'train')
+    (images, labels), held_out = cifar.hold_out(images, labels, recipe.validation_split, data_path)
+    if recipe.batch_size > images.shape[0]:
+        raise UserError('batch_size=%d is larger than the %d training images in %s'
+                        % (recipe.batch_size, images.shape[0], data_path),
+                        settings=('batch_size',))
+    data = TrainingData(images, labels, cifar.pixel_mean(images))
+    if held_out is not None:
+        data.evaluation, data.evaluation_split = held_out, 'validation'
+    elif evaluate:
+        data.evaluation = cifar.load_split(data_path, spec, 'test')
+    return data
+
+
+def check_free_space(path, ckpt_bytes, keep):
+    """Refuses to start when the folder cannot hold the checkpoints it will keep."""
+    free = shutil.disk_usage(path).free
+    needed = ckpt_bytes * (keep + 1)             # the kept ones and the one being written
+    if free < needed:
+        raise UserError('ckpt_path=%s: %.1f MB free, but %d checkpoints of %.1f MB need '
+                        '%.1f MB; free some space or lower max_to_keep'
+                        % (path, free / 1e6, keep + 1, ckpt_bytes / 1e6, needed / 1e6),
+                        settings=('ckpt_path', 'max_to_keep'))
+
+
+def dry_run(model_config, recipe, data_path, out=print):
+    """Checks the data and builds the input pipeline without training; prints what it found."""
+    data = load_training_data(model_config, recipe, data_path)
+    batches = pipeline.train_batches(data.images, data.labels, recipe.batch_size, recipe.seed,
+                                     0, recipe.num_iterations)
+    batch_images, _ = next(iter(batches))
+    out('input pipeline: %d training images in %s, %d steps per epoch, batches of %s; '
+        'dry run: nothing trained or written'
+        % (data.images.shape[0], data_path, data.images.shape[0] // recipe.batch_size,
+           'x'.join(str(d) for d in batch_images.shape)))
+
+
+@dataclasses.dataclass
+class State:
+    """Everything a step changes and a checkpoint holds."""
+    model: tf.Module
+    optimizer: Momentum
+    step: tf.Variable
+    window: Window
+    mean: tf.Variable
+    loss_scale: precision.DynamicLossScale | None = None
+    ema: WeightAverage | None = None
+    ema_net: tf.Module | None = None        # the averaged weights, built to be evaluated
+
+    def checkpoint(self, recipe):
+        return checkpoint.make(self.model, self.mean, self.step, self.optimizer,
+                               recipe.to_json(), self.loss_scale, self.ema)
+
+
+def build_state(model_config, recipe, cluster, dtype, mean):
+    """The network, optimizer, step counter, metric sums (and loss scale, weight averages)."""
+    with cluster.strategy.scope():
+        model = build(model_config, seed=recipe.seed, compute_dtype=dtype,
+                      bn_momentum=recipe.bn_momentum, sync_batch_norm=recipe.sync_batch_norm,
+                      zero_init_residual=recipe.zero_init_residual)
+        state = State(
+            model=model,
+            optimizer=Momentum(model.trainable_variables, recipe.momentum, recipe.nesterov),
+            step=tf.Variable(0, dtype=tf.int64, trainable=False, name='step',
+                             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA),
+            window=Window(),
+            mean=tf.Variable(mean, trainable=False, name='pixel_mean'),
+            loss_scale=precision.DynamicLossScale() if dtype == tf.float16 else None)
+        if recipe.ema_decay:
+            state.ema = WeightAverage(model, recipe.ema_decay)
+            state.ema_net = build(model_config, compute_dtype=dtype)
+    return state
+
+
+def restore(state, recipe, saved, out):
+    """Restores a run's state from its latest checkpoint; says what changed in the recipe."""
+    checkpoint.restore(state.checkpoint(recipe), saved.prefix)
+    changes = recipe.changes_from(saved.training_json)
+    if saved.training_json and changes:
+        out('note: resuming with training settings that differ from the checkpoint\'s: %s'
+            % changes)
+
+
+def keep_strided_padding(saved, model_config, out):
+    """A checkpoint from before the symmetric strided padding goes on training with its own."""
+    if saved.config.strided_padding == model_config.strided_padding:
+        return model_config
+    out('note: %s was trained with TensorFlow\'s SAME padding at its strided convolutions '
+        '(checkpoints before the symmetric padding); it goes on with that padding'
+        % saved.prefix)
+    return dataclasses.replace(model_config, strided_padding=saved.config.strided_padding)
+
+
+def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_path: str,
+          out: Callable = print, on_step: Callable | None = None,
+          on_record: Callable | None = None) -> TrainResult:
+    """Trains (or resumes training) to recipe.num_iterations; returns a TrainResult.
+
+    on_step(step), if given, is called after every call of the traced step (every
+    step with steps_per_call 1). on_record(step, split, metrics), if given,
+    receives every logged window's means (split 'train') and every evaluation
+    ('test' or 'validation'), always before the checkpoint of that step is
+    written, so a caller's record never lags the checkpoints it resumes from.
+
+    options.distribution_strategy picks the tf.distribute strategy; devices and the
+    strategy are set up first, as TensorFlow requires. Under multi_worker every
+    worker runs this function; only the chief (worker 0) writes into ckpt_path and
+    the log folder.
+    """
+    # 1. Devices and strategy, before any other TensorFlow work.
+    used = devices.setup(options.distribution_strategy, options.devices, options.tf32, out)
+    on_gpu = any(d.kind == 'GPU' for d in used)
+    cluster = distribution.make_cluster(options.distribution_strategy, options.devices,
+                                        options.cpu_devices, options.worker_timeout, on_gpu)
+    if not cluster.is_chief:
+        def out(line, say=out):
+            return (say('worker %d: %s' % (cluster.worker_index, line)))
+    distribution.check_batch(recipe.batch_size, cluster)
+    jit = _use_xla(options, recipe, cluster, used)
+    # 2. The data, the folders and a checkpoint already there, checked before anything runs.
+    data = load_training_data(model_config, recipe, data_path, evaluate=bool(options.eval_every))
+    if cluster.is_chief:
+        prepare_folder(options.ckpt_path, 'ckpt_path')
+        prepare_folder(options.logs, 'log_path')
+    latest = tf.train.latest_checkpoint(options.ckpt_path)
+    saved = checkpoint.Saved(latest) if latest else None
+    if saved:
+        model_config = keep_strided_padding(saved, model_config, out)
+        saved.check_matches(dataclasses.asdict(model_config))
+    # 3. The state, restored from the checkpoint.
+    dtype = precision.compute_dtype(recipe.precision, used, warn=out)
+    if recipe.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    state = build_state(model_config, recipe, cluster, dtype, data.mean)
+    ckpt = state.checkpoint(recipe)
+    if cluster.is_chief:
+        check_free_space(options.ckpt_path, sum(
+            v.shape.num_elements() * v.dtype.size
+            for v in state.model.variables + state.optimizer.variables), options.max_to_keep)
+        for partial in checkpoint.remove_partial_saves(options.ckpt_path):
+            out('removed %s, left by a save that was cut off' % partial)
+    manager = tf.train.CheckpointManager(ckpt, options.ckpt_path, max_to_keep=options.max_to_keep)
+    if saved:
+        restore(state, recipe, saved, out)
+    start = int(state.step.numpy())
+    out('%s: %s trainable parameters; %d training images, batch %d, %s, %s; %s'
+        % (model_config.describe(), format(count_parameters(state.model), ','),
+           data.images.shape[0], recipe.batch_size, dtype.name, cluster.describe(used),
+           'resuming at step %d from %s' % (start, latest) if saved else 'starting at step 0'))
+    if start >= recipe.num_iterations:
+        out('step %d already reaches num_iterations=%d: nothing to train'
+            % (start, recipe.num_iterations))
+        return TrainResult(step=start, checkpoint=latest)
+    # 4. The traced step, its input and the run's outputs.
+    parts = StepParts(model=state.model, optimizer=state.optimizer, schedule=recipe.schedule,
+                      step=state.step, window=state.window, pixel_mean=state.mean,
+                      weight_decay=recipe.weight_decay, seed=recipe.seed,
+                      label_smoothing=recipe.label_smoothing, cutout=recipe.cutout,
+                      loss_scale=state.loss_scale,
+                      skip_non_finite=recipe.nan_policy == 'skip_step', ema=state.ema)
+    train_steps = make_train_steps(parts, cluster.strategy, recipe.batch_size, jit)
+    agree = cluster.name == 'multi_worker'
+    window_end = make_window_end(state.window, cluster.strategy, agree, state.loss_scale)
+    batches = distribution.distribute_batches(
+        cluster, lambda: pipeline.train_batches(data.images, data.labels, recipe.batch_size,
+                                                recipe.seed, start, recipe.num_iterations),
+        recipe.batch_size, device='/gpu:0' if on_gpu and not cluster.distributed else None)
+    folders = distribution.WorkerFolders(cluster)
+    outputs = Outputs(out, folders, manager, ckpt,
+                      folders.summary_writer(options.logs, 'train'),
+                      folders.summary_writer(options.logs, data.evaluation_split)
+                      if data.evaluation else None,
+                      on_step, on_record, cluster.is_chief)
+    evaluate = _evaluation(state, data, options) if data.evaluation else None
+    if cluster.is_chief:
+        out('checkpoints: %s   TensorBoard: tensorboard --logdir=%s'
+            % (options.ckpt_path, options.logs))
+    # 5. The loop.
+    result = TrainResult(step=start, checkpoint=latest)
+    try:
+        with StopRequests(out) as stop:
+            _loop(recipe, options, train_steps, window_end, agree, iter(batches), evaluate,
+                  outputs, stop, result, data.evaluation_split)
+    except distribution.PEER_ERRORS as e:
+        if cluster.name != 'multi_worker':
+            raise
+        raise UserError('worker %d: lost contact with the other workers (%s); the last '
+                        'checkpoint is %s: start every worker again with the same command to '
+                        'resume from it' % (cluster.worker_index, distribution.reason(e),
+                                             result.checkpoint)) from None
+    finally:
+        folders.close()
+    outputs.writer.flush()
+    if cluster.distributed:
+        out('weights digest %s (the same on every worker of a synchronous run)'
+            % distribution.weights_digest(cluster, state.model.trainable_variables))
+    return result
+
+
+def _use_xla(options, recipe, cluster, used):
+    """Whether to compile the step: as asked, or where it pays (devices.jit_by_default).
+
+    Pooled batch-norm statistics put an all-reduce inside the forward pass, which XLA
+    cannot compile across devices: asked for together, they are refused; by default
+    such a run goes without XLA.
+    """
+    pooled = recipe.sync_batch_norm and cluster.replicas > 1
+    if options.jit_compile and pooled:
+        raise UserError('jit_compile with sync_batch_norm over %d replicas: the statistics\' '
+                        'all-reduce sits inside the compiled forward pass, which XLA cannot '
+                        'compile across devices; drop one of the two' % cluster.replicas,
+                        settings=('jit_compile', 'sync_batch_norm'))
+    if options.jit_compile is None:
+        return devices.jit_by_default(used) and not pooled
+    return options.jit_compile
+
+
+def _evaluation(state, data, options):
+    """A function: evaluate the live (or, with weight averaging, the averaged) net now."""
+    net = state.ema_net or state.model
+    evaluator = Evaluator(net, state.mean)
+
+    def evaluate():
+        if state.ema:
+            state.ema.copy_to(state.ema_net)
+        return evaluator(pipeline.eval_batches(*data.evaluation, options.eval_batch_size))
+    return evaluate
+
+
+@dataclasses.dataclass
+class Outputs:
+    """Where a run's results go: progress lines, checkpoints, summaries, the caller's hooks."""
+    out: Callable
+    folders: distribution.WorkerFolders
+    manager: tf.train.CheckpointManager
+    ckpt: tf.train.Checkpoint
+    writer: object
+    eval_writer: object
+    on_step: Callable | None
+    on_record: Callable | None
+    chief: bool
+
+
+def read(tensor):
+    """The loop's one way to bring a value from the device to the host (counted by a test)."""
+    return tensor.numpy()
+
+
+def _next_boundary(current, recipe, options):
+    """The next step after `current` where a call of the traced steps must end."""
+    ends = [recipe.num_iterations, (current // options.log_per_iterations + 1)
+            * options.log_per_iterations]
+    if options.eval_every:
+        ends.append((current // options.eval_every + 1) * options.eval_every)
+    return min(min(ends), current + options.steps_per_call)
+
+
+def _loop(recipe, options, train_steps, window_end, agreed, iterator, evaluate, o, stop, result,
+          evaluation_split):
+    """Steps until num_iterations or a stop request; logs, evaluates and saves on the way.
+
+    Under multi_worker (`agreed`) a stop request takes effect at the next logging
+    step, where the workers agree on it; otherwise at the end of the current call.
+    """
+    current = result.step
+    window_steps, window_start = 0, time.perf_counter()
+    last_save_step, last_save_time = current, time.monotonic()
+    while current < recipe.num_iterations:
+        n = _next_boundary(current, recipe, options) - current
+        train_steps(iterator, tf.constant(n, tf.int64))
+        current += n
+        window_steps += n
+        if o.on_step:
+            o.on_step(current)
+        last = current == recipe.num_iterations
+        logged = current % options.log_per_iterations == 0 or last or (stop.signum and not agreed)
+        stopping = save = False
+        if logged:
+            save_due = (current - last_save_step >= options.save_every or last or
+                        (options.save_every_secs and
+                         time.monotonic() - last_save_time >= options.save_every_secs))
+            vector = read(window_end(tf.constant([float(bool(stop.signum)), float(save_due)])))
+            means = window_means(vector, current, window_steps)
+            stopping, save = vector[-2] > 0, vector[-1] > 0 or vector[-2] > 0 or last
+            now = time.perf_counter()
+            rate = window_steps * recipe.batch_size / (now - window_start)
+            means['images_per_second'] = rate
+            window_steps, window_start = 0, now
+            _write_summaries(o.writer, means, current)
+            o.out('step %d/%d  loss %.4f  accuracy %.3f  lr %g  %.0f img/s  left %s%s'
+                  % (current, recipe.num_iterations, means['loss'], means['accuracy'],
+                     means['learning_rate'], rate,
+                     format_duration((recipe.num_iterations - current) * recipe.batch_size
+                                     / rate),
+                     '  skipped %d non-finite steps' % means['skipped_steps']
+                     if means.get('skipped_steps') else ''))
+            result.last_metrics = means
+            if o.on_record:
+                o.on_record(current, 'train', means)
+        if evaluate and (current % options.eval_every == 0 or last):
+            # Every worker evaluates (reading the averaged BN statistics is a collective).
+            metrics = evaluate()
+            with o.eval_writer.as_default(step=current):
+                tf.summary.scalar('cross_entropy', metrics.cross_entropy)
+                tf.summary.scalar('accuracy', metrics.accuracy)
+            if o.chief:
+                o.out('step %d: %s cross-entropy %.4f  accuracy %.2f%%'
+                      % (current, evaluation_split, metrics.cross_entropy,
+                         100 * metrics.accuracy))
+            if o.on_record:
+                o.on_record(current, evaluation_split, {'cross_entropy': metrics.cross_entropy,
+                                                        'accuracy': metrics.accuracy})
+        if save:
+            result.checkpoint = _save(o.folders, o.manager, o.ckpt, current, result.checkpoint)
+            last_save_step, last_save_time = current, time.monotonic()
+        result.step = current
+        if stopping:
+            result.stopped_by = stop.signum or signal.SIGTERM     # another worker's request
+            o.out('stopped at step %d; checkpoint %s; run the same command to resume'
+                  % (current, result.checkpoint))
+            break
+
+
+def window_means(vector, current, steps):
+    """The means of a window's metrics over the steps that updated the weights.
+
+    `vector` is what window_end read: the sums of METRICS, the counts of updated and
+    skipped steps, the first step that updated with a non-finite loss (or -1), and
+    the loss scale where there is one. Such a step (nan_policy 'stop') ends the run
+    before anything is saved, so the last checkpoint stays the last good one.
+    """
+    sums = vector[:len(METRICS)]
+    updated, skipped, first_bad = vector[len(METRICS):len(METRICS) + 3]
+    if first_bad >= 0:
+        raise UserError('the loss became %s at step %d; stopped without saving, so the last '
+                        'checkpoint is the last good one (lower lr_values, or '
+                        'nan_policy=skip_step to skip such steps)'
+                        % (float(sums[0]), int(first_bad) + 1),
+                        settings=('lr_values', 'nan_policy'))
+    if not updated:
+        raise UserError('every step from %d to %d had a non-finite loss or gradient and was '
+                        'skipped; stopped (lower lr_values)' % (current - steps + 1, current),
+                        settings=('lr_values',))
+    means = {name: float(total / updated) for name, total in zip(METRICS, sums)}
+    means['skipped_steps'] = int(skipped)
+    if len(vector) > len(METRICS) + 5:                  # a loss scale, before the two requests
+        means['loss_scale'] = float(vector[len(METRICS) + 3])
+    return means
+
+
+def _save(folders, manager, ckpt, current, last_good):
+    """Saves (see WorkerFolders.save); a failure (a full disk, a folder gone) is one line."""
+    try:
+        return folders.save(manager, ckpt, current)
+    except (OSError, tf.errors.OpError) as e:
+        if isinstance(e, distribution.PEER_ERRORS) and folders.cluster.name == 'multi_worker':
+            raise                       # a lost worker, not a disk problem: train() reports it
+        raise UserError('could not save the checkpoint of step %d in %s (%s); the last good '
+                        'checkpoint is %s' % (current, manager.directory,
+                                              getattr(e, 'strerror', None) or
+                                              str(e).strip().splitlines()[0], last_good)) from None
+
+
+def _write_summaries(writer, means, current):
+    with writer.as_default(step=current):
+        for name, value in means.items():
+            tf.summary.scalar(name, value)

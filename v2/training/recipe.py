@@ -1,0 +1,109 @@
+"""What a training run is: the recipe (what shapes the result) and the run options (the rest).
+
+The defaults are the recipe of He et al. 2015, section 4.2: SGD with momentum 0.9,
+weight decay 1e-4, batch 128, learning rate 0.1 divided by 10 at 32k and 48k
+iterations, 64k iterations in all. `num_iterations` is the TOTAL: a run restarted
+with the same ckpt_path continues from the saved step to that total.
+
+Every checkpoint stores its Recipe as JSON; a resumed run says in one line which
+settings changed, and refuses a changed validation split (its numbers would no
+longer mean what they say). RunOptions never change the weights a run ends with
+(where files go, how often it logs and saves, which devices it uses), so they are
+not stored.
+"""
+
+import dataclasses
+import json
+
+from v2.errors import UserError
+from v2.training.schedule import Schedule
+
+NAN_POLICIES = ('stop', 'skip_step')
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The settings that shape the result; stored in every checkpoint."""
+    batch_size: int = 128
+    num_iterations: int = 64000
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = False
+    schedule: Schedule = Schedule()
+    seed: int = 0
+    precision: str = 'float32'
+    deterministic: bool = False
+    nan_policy: str = 'stop'
+    sync_batch_norm: bool = False
+    bn_momentum: float = 0.9
+    zero_init_residual: bool = False
+    validation_split: int = 0
+    label_smoothing: float = 0.0
+    cutout: int = 0
+    ema_decay: float = 0.0
+
+    def __post_init__(self):
+        checks = [('batch_size', self.batch_size >= 1),
+                  ('num_iterations', self.num_iterations >= 1),
+                  ('nan_policy', self.nan_policy in NAN_POLICIES),
+                  ('validation_split', self.validation_split >= 0),
+                  ('label_smoothing', 0.0 <= self.label_smoothing < 1.0),
+                  ('cutout', 0 <= self.cutout <= 32), ('ema_decay', 0.0 <= self.ema_decay < 1.0)]
+        for name, ok in checks:
+            if not ok:
+                raise UserError('%s=%s is out of range' % (name, getattr(self, name)),
+                                settings=(name,))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def changes_from(self, saved_json: str) -> str:
+        """'setting old -> new, ...' against a stored recipe; a setting it lacks had its default.
+
+        A changed validation split is refused: the validation images of the run so far
+        would have been trained on, or the other way round.
+        """
+        defaults = json.loads(Recipe().to_json())
+        before = dict(defaults, **json.loads(saved_json or '{}'))
+        after = json.loads(self.to_json())
+        if before['validation_split'] != after['validation_split']:
+            raise UserError('validation_split=%d, but the run was started with %d; a split '
+                            'cannot change during a run (start a new ckpt_path)'
+                            % (after['validation_split'], before['validation_split']),
+                            settings=('validation_split', 'ckpt_path'))
+        return ', '.join('%s %s -> %s' % (k, before.get(k), after.get(k))
+                         for k in sorted(set(before) | set(after))
+                         if before.get(k) != after.get(k))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """Where a run writes, how often it reports and saves, where it runs; not stored.
+
+    save_every: a checkpoint at the first logging step at least this many steps after
+    the last one (save_every_secs: or this many seconds), besides one at the end and
+    on every stop request. Checkpoints are only written at logging steps, right after
+    the window's losses were checked, so a non-finite loss never reaches one.
+    jit_compile None means XLA where it pays: on GPUs, not on CPUs (see devices).
+    worker_timeout 0 sets no collective timeout (TensorFlow documents it as a
+    debugging aid: a thread per collective).
+    """
+    ckpt_path: str
+    log_path: str | None = None            # default: <ckpt_path>/logs
+    log_per_iterations: int = 100
+    save_every: int = 1000
+    save_every_secs: float = 0.0
+    max_to_keep: int = 5
+    eval_every: int = 0
+    eval_batch_size: int = 500
+    steps_per_call: int = 1
+    jit_compile: bool | None = None
+    tf32: bool = True
+    distribution_strategy: str = 'default'
+    devices: tuple[str, ...] = ()
+    cpu_devices: int = 0
+    worker_timeout: int = 0
+
+    @property
+    def logs(self) -> str:
+        return self.log_path or self.ckpt_path.rstrip('/') + '/logs'

@@ -1,0 +1,193 @@
+"""The traced training step, and the device-side sums of its metrics.
+
+One call of the function make_train_steps returns runs n steps: each pulls a uint8
+batch, normalises and augments it on the device (v2.data.pipeline.prepare_batch),
+computes the loss and its gradients, applies the momentum update and adds the
+step's metrics to sums kept on the device (Window). Nothing is read back to the
+host during a call; the loop reads the sums once per logging window. On a GPU the
+host therefore only enqueues work.
+
+The loss is the mean cross-entropy (with label_smoothing: against the smoothed
+targets of Szegedy et al. 2016) plus weight_decay * sum(||w||^2) / 2 over the conv
+and linear kernels (L2 weight decay; batch norm's scale and offset and the bias
+are not decayed). Under a tf.distribute strategy each replica's cross-entropy is
+averaged over the GLOBAL batch and its weight decay divided by the number of
+replicas, so that the gradients summed over the replicas are those of the whole
+batch; every replica then applies that same update to its own copy of the weights.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+from v2.data import pipeline
+from v2.nets.model import decayed_weights
+from v2.training.distribution import local_add, local_assign
+from v2.training.optimizer import Momentum
+from v2.training.schedule import Schedule
+
+# What the Window sums, in this order; the means of a window are reported under these names.
+METRICS = ('loss', 'cross_entropy', 'l2_loss', 'accuracy', 'learning_rate')
+
+
+class Window(tf.Module):
+    """Sums of the step metrics since the last read, kept on the device that trains.
+
+    Every replica adds the same global values to its own copy (the metrics are all-
+    reduced with the gradients), and a read takes the first replica's.
+    """
+
+    def __init__(self, name='window'):
+        super().__init__(name=name)
+        local = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        with self.name_scope:
+            self.sums = tf.Variable(tf.zeros([len(METRICS)]), name='sums', **local)
+            self.updated = tf.Variable(0.0, name='updated', **local)
+            self.skipped = tf.Variable(0.0, name='skipped', **local)
+            self.first_bad = tf.Variable(tf.constant(-1, tf.int64), name='first_bad', **local)
+
+    def add(self, values, updated, bad, step):
+        """Adds one step: its metric values if it updated the weights, else a skip.
+
+        `bad` marks a step that updated the weights with a non-finite loss; the first
+        such step is kept, so that the loop can name it.
+        """
+        local_add(self.sums, tf.where(updated, values, tf.zeros_like(values)))
+        local_add(self.updated, tf.cast(updated, tf.float32))
+        local_add(self.skipped, 1.0 - tf.cast(updated, tf.float32))
+        local_assign(self.first_bad, tf.where(bad & (self.first_bad < 0), step, self.first_bad))
+
+    def read_and_reset(self):
+        """[sums..., updated, skipped, first_bad] as one float32 vector; then zeros."""
+        vector = tf.concat([self.sums.read_value(), [self.updated.read_value(),
+                                                      self.skipped.read_value(),
+                                                      tf.cast(self.first_bad, tf.float32)]], 0)
+        with tf.control_dependencies([vector]):
+            self.sums.assign(tf.zeros_like(self.sums))
+            self.updated.assign(0.0)
+            self.skipped.assign(0.0)
+            self.first_bad.assign(tf.constant(-1, tf.int64))
+        return tf.identity(vector)
+
+
+@dataclasses.dataclass
+class StepParts:
+    """What one training step reads and writes."""
+    model: tf.Module
+    optimizer: Momentum
+    schedule: Schedule
+    step: tf.Variable
+    window: Window
+    pixel_mean: tf.Variable
+    weight_decay: float = 1e-4
+    seed: int = 0
+    label_smoothing: float = 0.0
+    cutout: int = 0
+    loss_scale: tf.Module | None = None
+    skip_non_finite: bool = False
+    ema: tf.Module | None = None
+
+
+def make_train_steps(parts: StepParts, strategy=None, global_batch=None, jit_compile=False):
+    """The traced function train_steps(iterator, n): n training steps, nothing read back.
+
+    With jit_compile the per-replica computation is compiled with XLA: all of it on
+    one device, and around the all-reduce (which XLA does not compile across
+    devices) under a strategy of several replicas. With a loss_scale (float16) or
+    skip_non_finite, a step whose loss or gradients are not finite changes no weight.
+    """
+    p = parts
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    variables = p.model.trainable_variables
+    decayed = decayed_weights(p.model)
+    guarded = p.skip_non_finite or p.loss_scale is not None
+    num_classes = p.model.config.num_classes
+
+    def compute(images, labels):
+        """Forward and backward on this replica's share: (gradients, metric values)."""
+        batch = global_batch or tf.shape(labels)[0]
+        first = tf.distribute.get_replica_context().replica_id_in_sync_group * tf.shape(labels)[0]
+        key = pipeline.step_key(p.seed, p.step)
+        images = pipeline.prepare_batch(images, p.pixel_mean, key, first, batch, p.cutout)
+        with tf.GradientTape() as tape:
+            logits = p.model(images, training=True)
+            if p.label_smoothing:
+                targets = (tf.one_hot(labels, num_classes) * (1.0 - p.label_smoothing)
+                           + p.label_smoothing / num_classes)
+                per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
+            else:
+                per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            cross_entropy = tf.nn.compute_average_loss(per_example, global_batch_size=batch)
+            l2 = p.weight_decay * tf.add_n([tf.nn.l2_loss(w) for w in decayed]) / replicas
+            loss = cross_entropy + l2
+            scaled = loss * p.loss_scale.scale if p.loss_scale else loss
+        grads = tape.gradient(scaled, variables)
+        correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
+        accuracy = tf.nn.compute_average_loss(tf.cast(correct, tf.float32),
+                                              global_batch_size=batch)
+        # Shares of the global batch's means: their sum over the replicas is the mean.
+        return grads, tf.stack([loss, cross_entropy, l2, accuracy])
+
+    def finish(grads, shares):
+        """Update with the summed gradients; count the step's metrics."""
+        learning_rate = p.schedule(p.step)
+        if p.loss_scale:
+            grads = [g / p.loss_scale.scale for g in grads]
+        finite = tf.math.is_finite(shares[0])
+        if guarded:
+            finite = tf.logical_and(finite, tf.reduce_all(
+                [tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
+        p.optimizer.apply(grads, variables, learning_rate, finite if guarded else None)
+        if p.ema:
+            p.ema.update(p.model, p.step)
+        if p.loss_scale:
+            p.loss_scale.update(finite)
+        updated = finite if guarded else tf.constant(True)
+        p.window.add(tf.concat([shares, [learning_rate]], 0), updated,
+                     tf.logical_not(finite) & updated, p.step)
+        local_add(p.step, 1)
+
+    if jit_compile:
+        compute_fn = tf.function(compute, jit_compile=True)
+        finish_fn = tf.function(finish, jit_compile=True)
+    else:
+        compute_fn, finish_fn = compute, finish
+
+    def replica_step(images, labels):
+        grads, shares = compute_fn(images, labels)
+        if replicas > 1:        # one batched all-reduce for the gradients and the metrics
+            grads, shares = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, (grads, shares))
+        finish_fn(grads, shares)
+
+    @tf.function
+    def train_steps(iterator, n):
+        for _ in tf.range(n):
+            images, labels = next(iterator)
+            strategy.run(replica_step, args=(images, labels))
+
+    return train_steps
+
+
+def make_window_end(window: Window, strategy, agree: bool, loss_scale=None):
+    """The traced read at the end of a window: its sums, and what the workers agree on.
+
+    window_end(requests) returns [sums of METRICS..., updated, skipped, first_bad,
+    (loss scale,) requests...] as one vector: one host read per logging window. With
+    `agree` (multi_worker) each request flag (stop, save) is summed over the
+    workers, so that every worker stops or saves at the same step; a worker that did
+    alone would leave the others waiting in the next collective.
+    """
+    @tf.function
+    def window_end(requests):
+        parts = [window.read_and_reset()]
+        if loss_scale is not None:
+            parts.append([loss_scale.scale.read_value()])
+        if agree:
+            per_replica = strategy.run(lambda: tf.identity(requests))
+            requests = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return tf.concat(parts + [tf.cast(requests, tf.float32)], 0)
+
+    return window_end
