@@ -1,16 +1,21 @@
-"""Shared fixtures: tiny CIFAR-10 files in a temp dir, the real-image folder, script runs."""
+"""Shared fixtures: tiny CIFAR-10 files, one trained ResNet-8 per test run, script runs.
+
+Two tiers: `python -m pytest` runs the fast one (unit, numeric and in-process
+program tests); `python -m pytest -m slow` the tests marked slow (subprocesses,
+faults and signals, distributed training, experiments, the largest nets).
+"""
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-# Quiet TensorFlow in this process; the scripts run below quiet themselves (v2/__init__.py).
+# Quiet TensorFlow in this process; the scripts run below quiet themselves (v2/cli).
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The partial real CIFAR-10 set lives beside the checkout (see README, "Tests").
@@ -39,9 +44,57 @@ def write_cifar(folder, train_per_file=16, test_records=24, seed=0):
     return folder
 
 
+def tiny_options(folder, **changes):
+    """RunOptions of a tiny in-process run writing into `folder`."""
+    from v2.training.recipe import RunOptions
+    settings = dict(ckpt_path=str(folder / 'ckpt'), log_path=str(folder / 'logs'),
+                    log_per_iterations=3)
+    settings.update(changes)
+    return RunOptions(**settings)
+
+
+def tiny_recipe(**changes):
+    """A Recipe of a few steps of batch 8, the rate falling at step 4."""
+    from v2.training.recipe import Recipe
+    from v2.training.schedule import Schedule
+    settings = dict(batch_size=8, num_iterations=6,
+                    schedule=Schedule(boundaries=(4,), values=(0.05, 0.005)))
+    settings.update(changes)
+    return Recipe(**settings)
+
+
+def quiet(line):
+    """An `out` that prints nothing."""
+
+
+@pytest.fixture(scope='session')
+def session_data(tmp_path_factory):
+    """Tiny CIFAR-10 files shared by the whole run (80 training, 24 test images); read only."""
+    return write_cifar(tmp_path_factory.mktemp('data') / 'data')
+
+
 @pytest.fixture
 def tiny_data(tmp_path):
+    """Tiny CIFAR-10 files of this test's own, to damage at will."""
     return write_cifar(tmp_path / 'data')
+
+
+@pytest.fixture(scope='session')
+def trained(tmp_path_factory, session_data):
+    """A ResNet-8 trained 6 steps on session_data (checkpoints at 3 and 6); read only."""
+    from v2.nets.model import ModelConfig
+    from v2.training import loop
+    root = tmp_path_factory.mktemp('trained')
+    loop.train(ModelConfig(num_layers=8), tiny_recipe(),
+               tiny_options(root, save_every=3), str(session_data), out=quiet)
+    return root
+
+
+@pytest.fixture
+def trained_copy(trained, tmp_path):
+    """A copy of the trained run, for tests that resume or damage it."""
+    shutil.copytree(trained / 'ckpt', tmp_path / 'ckpt')
+    return tmp_path
 
 
 @pytest.fixture
@@ -51,14 +104,29 @@ def real_data():
     return REAL_DATA
 
 
-def run_script(script, *args, timeout=300):
-    """Runs a script (run_trainer.py) or a module (v2.benchmark) as a user would."""
-    env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+def run_script(script, *args, timeout=300, env=None):
+    """Runs a script (run_trainer.py) or a module (v2.tools.benchmark) as a user would."""
+    environment = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+    environment.update(env or {})
     command = [str(ROOT / script)] if script.endswith('.py') else ['-m', script]
-    return subprocess.run([sys.executable, *command, *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, *command, *args], cwd=ROOT, env=environment,
                           capture_output=True, text=True, timeout=timeout)
 
 
 def error_lines(stderr):
     """Our one-line messages on stderr (TensorFlow may print start-up notes before them)."""
     return [line for line in stderr.splitlines() if ': error: ' in line]
+
+
+def model_weights(prefix):
+    """The model/ tensors of a checkpoint, by name."""
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if k.startswith('model/')}
+
+
+def all_tensors(prefix):
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(str(prefix))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()}

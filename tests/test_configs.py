@@ -2,10 +2,9 @@
 
 import pytest
 from absl import flags
-
 from conftest import ROOT
 
-from v2 import train_options
+from v2.cli import flags as cli_flags
 
 FLAGS = flags.FLAGS
 CONFIGS = sorted(p.name for p in (ROOT / 'configs').glob('*.flags')
@@ -34,7 +33,7 @@ def parsed(monkeypatch):
     def parse(name):
         FLAGS.unparse_flags()
         FLAGS(['run_trainer.py', '--flagfile=configs/%s' % name])
-        return train_options.configs_from_flags()
+        return cli_flags.model_config(), cli_flags.recipe()
     yield parse
     FLAGS.unparse_flags()
 
@@ -45,21 +44,21 @@ def test_every_recipe_is_checked():
 
 @pytest.mark.parametrize('name', CONFIGS)
 def test_recipe_builds_the_papers_network(parsed, name):
-    model_config, train_config = parsed(name)
+    model_config, recipe = parsed(name)
     network, settings = EXPECTED[name]
     assert model_config.describe() == network
     for key, value in settings.items():
-        holder = train_config.schedule if key.startswith('warmup') else train_config
+        holder = recipe.schedule if key.startswith('warmup') else recipe
         assert getattr(holder, key) == pytest.approx(value), key
 
 
 def test_wrn_schedule_is_the_papers_in_steps(parsed):
-    model_config, train_config = parsed('wrn_28_10.flags')
+    model_config, recipe = parsed('wrn_28_10.flags')
     assert model_config.dropout_rate == 0.3 and model_config.shortcut_type == 'B'
     steps_per_epoch = 50000 // 128
-    assert train_config.schedule.boundaries == tuple(e * steps_per_epoch for e in (60, 120, 160))
-    assert train_config.schedule.values == pytest.approx((0.1, 0.02, 0.004, 0.0008))
-    assert train_config.num_iterations == 200 * steps_per_epoch
+    assert recipe.schedule.boundaries == tuple(e * steps_per_epoch for e in (60, 120, 160))
+    assert recipe.schedule.values == pytest.approx((0.1, 0.02, 0.004, 0.0008))
+    assert recipe.num_iterations == 200 * steps_per_epoch
 
 
 def test_2015_recipes_use_the_papers_strided_option_a(parsed):

@@ -1,9 +1,10 @@
 """The conv census and the conv-only bound the benchmark prints (counts and sums, not speed)."""
 
 import tensorflow as tf
-
 import test_benchmark
-from v2 import conv_timing, model
+
+from v2.nets import model
+from v2.tools import conv_timing
 
 
 def by_description(convs):
@@ -15,9 +16,9 @@ def test_census_of_resnet20_lists_every_conv_once():
     assert by_description(convs) == {
         '3x3 conv 3->16 on 32x32': (1, True),          # the stem reads the image
         '3x3 conv 16->16 on 32x32': (6, False),
-        '3x3 conv 16->32 on 32x32, /2': (1, False),
+        '3x3 conv 16->32 on 33x33, /2': (1, False),    # padded by one pixel: Torch's 1
         '3x3 conv 32->32 on 16x16': (5, False),
-        '3x3 conv 32->64 on 16x16, /2': (1, False),
+        '3x3 conv 32->64 on 17x17, /2': (1, False),
         '3x3 conv 64->64 on 8x8': (5, False)}
     # Per image: the hand count of the conv multiply-accumulates (tests/test_benchmark.py).
     flops = sum(count * conv.flops for conv, count in convs.items())

@@ -1,7 +1,7 @@
 """tf.distribute: mirrored over two logical CPUs, multi_worker over two local processes.
 
 Every process a test starts is bounded by a timeout and killed in `finally`; ports are
-chosen free by binding to port 0.
+chosen free by binding to port 0. All but the unit test of the batch split are slow.
 """
 
 import json
@@ -15,24 +15,24 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ROOT, error_lines, model_weights, run_script, write_cifar
 
-from conftest import ROOT, error_lines, run_script, write_cifar
-from v2 import distribution
+from v2.training import distribution
 
-TINY = ['--num_layers=8', '--batch_size=16', '--log_per_iterations=3', '--lr_values=0.05',
-        '--lr_boundaries=', '--deterministic']
-
-
-def model_weights(prefix):
-    reader = tf.train.load_checkpoint(str(prefix))
-    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()
-            if n.startswith('model/')}
+# A weight decay large enough that doubling it (a per-replica decay summed twice) moves the
+# weights a hundred times further than the float noise between two strategies.
+TINY = ['--num_layers=8', '--batch_size=16', '--log_per_iterations=3', '--save_every=3',
+        '--lr_values=0.05', '--lr_boundaries=', '--weight_decay=0.05', '--deterministic']
 
 
 def same_weights(a, b, tolerance=1e-4):
     """Equal within float tolerance (relative, for the large early BN variances too)."""
     assert a.keys() == b.keys()
     return all(np.allclose(a[n], b[n], rtol=tolerance, atol=tolerance) for n in a)
+
+
+def largest_difference(a, b):
+    return max(float(np.max(np.abs(a[n] - b[n]) / (np.abs(b[n]) + 1e-3))) for n in a)
 
 
 def digest(stdout):
@@ -65,6 +65,7 @@ def test_worker_batches_cut_the_global_batch_in_replica_order():
                    [208, 209, 210, 211], [212, 213, 214, 215]]
 
 
+@pytest.mark.slow
 def test_mirrored_over_two_cpus_trains_the_weights_one_device_does(data_path, tmp_path):
     single = train(data_path, tmp_path / 'single', 6)
     assert 'one device' in single.stdout
@@ -73,6 +74,10 @@ def test_mirrored_over_two_cpus_trains_the_weights_one_device_does(data_path, tm
     assert 'mirrored over 2 replicas' in mirrored.stdout
     reference = model_weights(tmp_path / 'single' / 'ckpt-6')
     assert same_weights(reference, model_weights(tmp_path / 'mirrored' / 'ckpt-6'))
+    # The tolerance catches a wrong split of the loss: twice the decay is far outside it.
+    doubled = train(data_path, tmp_path / 'doubled', 6, '--weight_decay=0.1')
+    assert doubled.returncode == 0
+    assert largest_difference(model_weights(tmp_path / 'doubled' / 'ckpt-6'), reference) > 1e-2
     # Resumed under another strategy from a one-device checkpoint: the same weights again.
     train(data_path, tmp_path / 'switched', 3)
     resumed = train(data_path, tmp_path / 'switched', 6, '--distribution_strategy=mirrored',
@@ -88,12 +93,28 @@ def test_mirrored_over_two_cpus_trains_the_weights_one_device_does(data_path, tm
     assert 'weights digest' in per_replica.stdout       # the replicas' copies agreed
 
 
+@pytest.mark.slow
+def test_xla_compiles_each_replica_under_mirrored(data_path, tmp_path):
+    plain = train(data_path, tmp_path / 'plain', 3, '--distribution_strategy=mirrored',
+                  '--cpu_devices=2')
+    compiled = train(data_path, tmp_path / 'xla', 3, '--distribution_strategy=mirrored',
+                     '--cpu_devices=2', '--jit_compile')
+    assert 'weights digest' in compiled.stdout and plain.returncode == 0
+    assert same_weights(model_weights(tmp_path / 'plain' / 'ckpt-3'),
+                        model_weights(tmp_path / 'xla' / 'ckpt-3'), tolerance=1e-3)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('extra, message', [
     (['--distribution_strategy=mirrored', '--cpu_devices=2', '--batch_size=15'],
      '--batch_size=15 does not divide by the 2 replicas of mirrored over 2 replicas'),
     (['--distribution_strategy=mirrored', '--devices=/gpu:7'],
      '--devices=/gpu:7: no device /gpu:7 here'),
+    (['--devices=/cpu:0,/cpu:1'], '--devices=/cpu:0,/cpu:1: one device without '
+                                  '--distribution_strategy=mirrored'),
     (['--cpu_devices=2'], '--devices and --cpu_devices need --distribution_strategy=mirrored'),
+    (['--distribution_strategy=mirrored', '--cpu_devices=2', '--sync_batch_norm',
+      '--jit_compile'], '--jit_compile with --sync_batch_norm over 2 replicas'),
     (['--distribution_strategy=multi_worker'], '--distribution_strategy=multi_worker needs '
                                                'TF_CONFIG'),
 ])
@@ -161,6 +182,7 @@ class Cluster:
             log.close()
 
 
+@pytest.mark.slow
 def test_multi_worker_trains_in_sync_and_the_chief_alone_writes(data_path, tmp_path):
     ckpt = tmp_path / 'ckpt'
     cluster = Cluster(tmp_path)
@@ -190,6 +212,7 @@ def test_multi_worker_trains_in_sync_and_the_chief_alone_writes(data_path, tmp_p
     assert 'resuming at step 6' in resumed.stdout
 
 
+@pytest.mark.slow
 def test_a_killed_worker_stops_the_other_and_a_restart_resumes(data_path, tmp_path):
     ckpt = tmp_path / 'ckpt'
     args = ['--data_path=%s' % data_path, '--ckpt_path=%s' % ckpt, *TINY, '--worker_timeout=10']
@@ -217,6 +240,7 @@ def test_a_killed_worker_stops_the_other_and_a_restart_resumes(data_path, tmp_pa
         cluster.close()
 
 
+@pytest.mark.slow
 def test_a_stop_request_to_one_worker_stops_every_worker_at_one_checkpoint(data_path, tmp_path):
     ckpt = tmp_path / 'ckpt'
     cluster = Cluster(tmp_path)

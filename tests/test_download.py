@@ -8,9 +8,11 @@ import tarfile
 import threading
 
 import pytest
-
 from conftest import run_script, write_cifar
-from v2 import data, download
+
+from v2.cli import app, flags, trainer
+from v2.data import cifar as data
+from v2.data import download
 from v2.errors import UserError
 
 
@@ -116,12 +118,23 @@ def test_an_interrupted_download_resumes_or_restarts(tmp_path, ranges):
     assert (target / 'test_batch.bin').exists()
 
 
-def test_trainer_downloads_then_dry_runs(tmp_path):
+def test_trainer_downloads_then_dry_runs(tmp_path, capsys):
     raw, md5 = make_archive(tmp_path)
     with Server(raw) as server:
-        run = run_script('run_trainer.py', '--download', '--download_url=%s' % server.url,
-                         '--download_md5=%s' % md5, '--data_path=%s' % (tmp_path / 'cifar'),
-                         '--num_layers=8', '--batch_size=8', '--dry_run')
-    assert run.returncode == 0, run.stderr
-    assert 'extracted' in run.stdout and 'input pipeline: 80 training images' in run.stdout
-    assert 'downloaded 100%' in run.stderr
+        status, line = app.call(trainer.main, [
+            'run_trainer.py', '--download', '--download_url=%s' % server.url,
+            '--download_md5=%s' % md5, '--data_path=%s' % (tmp_path / 'cifar'),
+            '--num_layers=8', '--batch_size=8', '--dry_run'], flags.TRAINER)
+    assert status == 0, line
+    captured = capsys.readouterr()
+    assert 'extracted' in captured.out and 'input pipeline: 80 training images' in captured.out
+    assert 'downloaded 100%' in captured.err
+
+
+@pytest.mark.slow
+def test_an_unreachable_server_is_one_line_to_run_again(tmp_path):
+    run = run_script('run_trainer.py', '--download', '--download_url=http://127.0.0.1:9/x.tgz',
+                     '--data_path=%s' % (tmp_path / 'cifar'), '--dry_run')
+    assert run.returncode == 1 and 'Traceback' not in run.stderr
+    assert '--download: http://127.0.0.1:9/x.tgz:' in run.stderr
+    assert '(run again to resume)' in run.stderr

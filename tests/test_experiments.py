@@ -1,34 +1,39 @@
-"""The figure experiments: end to end at a toy size, resume bookkeeping, the anatomy they draw."""
+"""The experiments: each command at a toy size (slow), resume bookkeeping, the anatomy they draw."""
 
 import csv
 import json
 
 import pytest
 import tensorflow as tf
+from conftest import ROOT
 
-from conftest import error_lines, run_script, write_cifar
-from v2 import anatomy, experiments, figures
+from v2.cli import app, flags
 from v2.errors import UserError
-from v2.model import ModelConfig
+from v2.nets.model import ModelConfig
+from v2.tools import anatomy, experiments, figures
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
-TOY = ['--depths=8', '--seeds=1,2', '--num_iterations=4', '--record_every=2', '--batch_size=8',
-       '--lr_values=0.1,0.01', '--lr_boundaries=2']
+TOY = ['--depths=8', '--seeds=1,2', '--num_iterations=4', '--log_per_iterations=2',
+       '--eval_every=2', '--batch_size=8', '--lr_values=0.1,0.01', '--lr_boundaries=2',
+       '--resnet_version=1', '--shortcut_type=A_subsample', '--deterministic']
+
+
+def run(*args):
+    return app.call(experiments.main, ['experiments.py', *args], flags.EXPERIMENTS)
 
 
 @pytest.fixture(scope='module')
-def toy_run(tmp_path_factory):
+def toy_run(tmp_path_factory, session_data):
     root = tmp_path_factory.mktemp('figure6')
-    data_path = write_cifar(root / 'data')
-    run = run_script('v2.experiments', 'figure6', '--data_path=%s' % data_path,
-                     '--out=%s' % (root / 'files'), '--work_dir=%s' % (root / 'work'), *TOY)
-    assert run.returncode == 0, run.stderr
-    return root, run
+    status, line = run('figure6', '--data_path=%s' % session_data, '--out=%s' % (root / 'files'),
+                       '--work_dir=%s' % (root / 'work'), *TOY)
+    assert status == 0, line
+    return root
 
 
-def test_figure6_writes_every_point_the_table_and_both_figures(toy_run):
-    root, run = toy_run
-    with open(root / 'files' / 'figure6.csv') as f:
+@pytest.mark.slow
+def test_figure6_writes_every_point_the_summary_and_both_panels(toy_run, session_data):
+    with open(toy_run / 'files' / 'figure6.csv') as f:
         rows = list(csv.DictReader(f))
     # 2 networks x 1 depth x 2 seeds x 2 recorded steps x (train, test)
     assert len(rows) == 16
@@ -36,49 +41,75 @@ def test_figure6_writes_every_point_the_table_and_both_figures(toy_run):
         (n, s, t, p) for n in ('plain', 'resnet') for s in ('1', '2') for t in ('2', '4')
         for p in ('train', 'test')}
     assert all(0.0 <= float(r['error']) <= 1.0 for r in rows)
-    summary = json.loads((root / 'files' / 'figure6.json').read_text())
-    assert summary['training_images'] == 80
-    assert summary['recipe']['num_iterations'] == 4
+    summary = json.loads((toy_run / 'files' / 'figure6.json').read_text())
+    assert summary['training_images'] == 80 and summary['recipe']['num_iterations'] == 4
     final = {(e['network'], e['depth']): e for e in summary['final']}
     assert set(final) == {('plain', 8), ('resnet', 8)}
     last_test = [float(r['error']) for r in rows
                  if (r['network'], r['split'], r['step']) == ('plain', 'test', '4')]
     assert final['plain', 8]['test']['per_seed'] == pytest.approx(last_test)
-    assert 'final test error' in run.stdout
     pytest.importorskip('matplotlib', reason='drawing needs the optional matplotlib')
-    for name in ('plain.png', 'resnet.png'):
-        assert (root / 'files' / name).read_bytes()[:8] == PNG_MAGIC
+    assert (toy_run / 'files' / 'figure6.png').read_bytes()[:8] == PNG_MAGIC
 
 
-def test_figure6_is_reproducible_and_a_finished_experiment_is_not_retrained(toy_run, tmp_path):
-    root, _ = toy_run
-    again = run_script('v2.experiments', 'figure6', '--data_path=%s' % (root / 'data'),
-                       '--out=%s' % (tmp_path / 'files'), '--work_dir=%s' % (tmp_path / 'work'),
-                       '--noplot', *TOY)
-    assert again.returncode == 0, again.stderr
-    assert ((tmp_path / 'files' / 'figure6.csv').read_text()
-            == (root / 'files' / 'figure6.csv').read_text())
-    resumed = run_script('v2.experiments', 'figure6', '--data_path=%s' % (root / 'data'),
-                         '--out=%s' % (tmp_path / 'files2'),
-                         '--work_dir=%s' % (tmp_path / 'work'), '--noplot', *TOY)
-    assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stdout.count('nothing to train') == 4
-    assert ((tmp_path / 'files2' / 'figure6.csv').read_text()
-            == (root / 'files' / 'figure6.csv').read_text())
+@pytest.mark.slow
+def test_figure6_is_reproducible_and_a_finished_grid_is_not_retrained(toy_run, session_data,
+                                                                      tmp_path, capsys):
+    capsys.readouterr()
+    status, _ = run('figure6', '--data_path=%s' % session_data, '--out=%s' % (tmp_path / 'a'),
+                    '--work_dir=%s' % (tmp_path / 'work'), '--noplot', *TOY)
+    assert status == 0
+    assert ((tmp_path / 'a' / 'figure6.csv').read_text()
+            == (toy_run / 'files' / 'figure6.csv').read_text())
+    capsys.readouterr()
+    status, _ = run('figure6', '--data_path=%s' % session_data, '--out=%s' % (tmp_path / 'b'),
+                    '--work_dir=%s' % (tmp_path / 'work'), '--noplot', *TOY)
+    assert status == 0 and capsys.readouterr().out.count('nothing to train') == 4
+    assert ((tmp_path / 'b' / 'figure6.csv').read_text()
+            == (toy_run / 'files' / 'figure6.csv').read_text())
 
 
-def test_a_work_dir_of_another_recipe_is_refused_untouched(toy_run):
-    root, _ = toy_run
-    recipe = (root / 'work' / 'recipe.json').read_text()
-    run = run_script('v2.experiments', 'figure6', '--data_path=%s' % (root / 'data'),
-                     '--out=%s' % (root / 'other'), '--work_dir=%s' % (root / 'work'),
-                     *TOY, '--weight_decay=0.01')
-    assert run.returncode == 1
-    assert error_lines(run.stderr) == [
-        'experiments.py: error: --work_dir=%s holds runs made with another weight_decay; '
-        'choose another --work_dir (nothing there was changed)' % (root / 'work')]
-    assert (root / 'work' / 'recipe.json').read_text() == recipe
-    assert not (root / 'other').exists()
+@pytest.mark.slow
+def test_a_work_dir_of_another_recipe_is_refused_untouched(toy_run, session_data):
+    recipe = (toy_run / 'work' / 'recipe.json').read_text()
+    status, line = run('figure6', '--data_path=%s' % session_data,
+                       '--out=%s' % (toy_run / 'other'), '--work_dir=%s' % (toy_run / 'work'),
+                       *TOY, '--weight_decay=0.01')
+    assert status == 1
+    assert line == ('experiments.py: error: --work_dir=%s holds runs made with another recipe; '
+                    'choose another --work_dir (nothing there was changed)' % (toy_run / 'work'))
+    assert (toy_run / 'work' / 'recipe.json').read_text() == recipe
+    assert not (toy_run / 'other').exists()
+
+
+@pytest.mark.slow
+def test_the_table_trains_every_depth_and_seed_and_evaluates_the_last_checkpoints(
+        session_data, tmp_path):
+    args = ['--data_path=%s' % session_data, '--out=%s' % tmp_path, '--depths=8,14',
+            '--seeds=1,2', '--work_dir=%s' % (tmp_path / 'work')] + TOY[2:]
+    status, line = run('table', *args)
+    assert status == 0, line
+    with open(tmp_path / 'table.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [(r['depth'], r['seed']) for r in rows] == [('8', '1'), ('8', '2'), ('14', '1'),
+                                                       ('14', '2')]
+    table = (tmp_path / 'table.md').read_text()
+    assert '| ResNet-8 v1 | 2 |' in table and '| ResNet-14 v1 | 2 |' in table
+    assert '80 training images, 24 test images (not the full CIFAR-10' in table
+    first = (tmp_path / 'table.csv').read_text()
+    status, line = run('table', *args)                      # resumed: nothing retrained
+    assert status == 0 and (tmp_path / 'table.csv').read_text() == first
+
+
+@pytest.mark.slow
+def test_the_switches_compare_each_option_with_the_recipe(session_data, tmp_path):
+    status, line = run('switches', '--data_path=%s' % session_data, '--out=%s' % tmp_path,
+                       '--seeds=1', '--num_layers=8', '--switches=cutout,tta',
+                       '--work_dir=%s' % (tmp_path / 'work'), *TOY[2:])
+    assert status == 0, line
+    summary = json.loads((tmp_path / 'switches.json').read_text())
+    assert [e['variant'] for e in summary['results']] == ['default', 'cutout', 'tta']
+    assert '| cutout | cutout of 16x16' in (tmp_path / 'switches.md').read_text()
 
 
 def test_points_after_the_checkpoint_a_run_resumes_from_are_dropped(tmp_path):
@@ -114,40 +145,33 @@ def test_anatomy_reads_branch_and_shortcut_from_the_traced_units():
     assert not plain['units'][0]['residual'] and plain['units'][0]['shortcut'] == []
 
 
-def test_architecture_command_writes_the_json_and_the_png(tmp_path):
-    run = run_script('v2.experiments', 'architecture', '--out=%s' % tmp_path)
-    assert run.returncode == 0, run.stderr
+def test_the_committed_architecture_is_what_the_model_says(tmp_path):
+    status, line = run('architecture', '--out=%s' % tmp_path, '--noplot')
+    assert status == 0, line
     described = json.loads((tmp_path / 'architecture.json').read_text())
     assert described['name'] == 'ResNet-20' and len(described['units']) == 3
-    pytest.importorskip('matplotlib', reason='drawing needs the optional matplotlib')
-    assert (tmp_path / 'architecture.png').read_bytes()[:8] == PNG_MAGIC
+    assert described == json.loads((ROOT / 'files' / 'architecture.json').read_text())
 
 
 def test_figures_refuse_a_csv_that_is_not_figure6_points(tmp_path):
-    bad = tmp_path / 'other.csv'
+    bad = tmp_path / 'figure6_other.csv'
     bad.write_text('a,b\n1,2\n')
-    with pytest.raises(UserError, match='other.csv: not a figure6 CSV'):
+    with pytest.raises(UserError, match='figure6_other.csv: not a figure6 CSV'):
         figures.read_points(str(bad))
 
 
 @pytest.mark.parametrize('args, message', [
-    ([], 'expected one command, figure6 or architecture'),
+    ([], 'expected one command, figure6 or table or switches or architecture'),
     (['figure6'], '--data_path: give the folder of the CIFAR-10 binary files'),
     (['figure6', '--data_path=/nonexistent/x'], '--data_path=/nonexistent/x: no such folder'),
+    (['figure6', '--data_path={data}', '--depths=21'], '--depths=21: num_layers=21: the depth '
+                                                        'must be 6n+2'),
+    (['figure6', '--data_path={data}', '--networks=highway'], '--networks=highway: expected'),
+    (['switches', '--data_path={data}', '--switches=mixup'], '--switches=mixup: expected some of'),
+    (['table', '--data_path={data}', '--tta'], '--tta is not a flag of experiments.py'),
 ])
-def test_bad_commands_get_one_line(args, message):
-    run = run_script('v2.experiments', *args)
-    assert run.returncode == 1
-    lines = error_lines(run.stderr)
-    assert len(lines) == 1 and message in lines[0], run.stderr
-
-
-def test_a_depth_that_is_not_6n_plus_2_is_refused_before_training(tmp_path):
-    data_path = write_cifar(tmp_path / 'data')
-    run = run_script('v2.experiments', 'figure6', '--data_path=%s' % data_path,
-                     '--work_dir=%s' % (tmp_path / 'work'), '--depths=21')
-    assert run.returncode == 1
-    assert error_lines(run.stderr) == [
-        'experiments.py: error: --depths=21: 21 is not a CIFAR ResNet depth (6n+2: 8, 14, 20, '
-        '32, 44, 56, 110, ...)']
+def test_bad_commands_get_one_line_and_write_nothing(args, message, session_data, tmp_path):
+    status, line = run(*[a.format(data=session_data) for a in args],
+                       '--work_dir=%s' % (tmp_path / 'work'))
+    assert status in (1, 2) and line.startswith('experiments.py: error: ') and message in line
     assert not (tmp_path / 'work').exists()

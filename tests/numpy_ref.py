@@ -1,0 +1,99 @@
+"""Independent numpy versions of the nets' pieces, the oracles of the numeric tests.
+
+Written from the papers' definitions, not from v2's code: convolutions padded by
+(k-1)//2 on every side as Torch pads, batch norm with given statistics, the
+option A shortcut, the units of He et al. 2015 and 2016.
+"""
+
+import numpy as np
+
+EPSILON = 1e-5
+
+
+def conv(x, kernel, stride=1):
+    """x [N, H, W, C] (*) kernel [k, k, C, D], zero padding (k-1)//2 on every side."""
+    k = kernel.shape[0]
+    pad = (k - 1) // 2
+    xp = np.pad(x, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+    out_h = (x.shape[1] + 2 * pad - k) // stride + 1
+    out_w = (x.shape[2] + 2 * pad - k) // stride + 1
+    out = np.zeros((x.shape[0], out_h, out_w, kernel.shape[-1]), np.float64)
+    for i in range(out_h):
+        for j in range(out_w):
+            patch = xp[:, i * stride:i * stride + k, j * stride:j * stride + k, :]
+            out[:, i, j] = np.tensordot(patch, kernel, axes=([1, 2, 3], [0, 1, 2]))
+    return out
+
+
+def batch_norm(x, gamma, beta, mean, variance):
+    return gamma * (x - mean) / np.sqrt(variance + EPSILON) + beta
+
+
+def batch_norm_training(x, gamma, beta):
+    """Normalised with the batch's own statistics (biased variance)."""
+    return batch_norm(x, gamma, beta, x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2)))
+
+
+def relu(x):
+    return np.maximum(x, 0.0)
+
+
+def average_pool(x, size=2):
+    n, h, w, c = x.shape
+    return x.reshape(n, h // size, size, w // size, size, c).mean(axis=(2, 4))
+
+
+def max_pool(x, size=2):
+    n, h, w, c = x.shape
+    return x.reshape(n, h // size, size, w // size, size, c).max(axis=(2, 4))
+
+
+def option_a(x, out_channels, stride, pool=True):
+    """He et al. 2015, option A: subsample (pool or stride), zero channels split evenly."""
+    if stride > 1:
+        x = average_pool(x, stride) if pool else x[:, ::stride, ::stride]
+    extra = out_channels - x.shape[-1]
+    return np.pad(x, [(0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)])
+
+
+def bn_of(layer):
+    """The evaluation-mode function of a v2 BatchNorm, from its variables."""
+    values = [v.numpy() for v in (layer.gamma, layer.beta, layer.moving_mean,
+                                  layer.moving_variance)]
+    return lambda x: batch_norm(x, *values)
+
+
+def preact_basic(x, unit):
+    """He et al. 2016, Fig. 4(e), at evaluation: x + conv(relu(bn(conv(relu(bn(x))))))."""
+    pre = relu(bn_of(unit.bn1)(x))
+    y = conv(pre, unit.conv1.kernel.numpy(), unit.conv1.stride)
+    y = conv(relu(bn_of(unit.bn2)(y)), unit.conv2.kernel.numpy())
+    return y, pre
+
+
+def postact_basic(x, unit):
+    """He et al. 2015, Fig. 2, at evaluation: the branch before the addition and the ReLU."""
+    y = relu(bn_of(unit.bn1)(conv(x, unit.conv1.kernel.numpy(), unit.conv1.stride)))
+    return bn_of(unit.bn2)(conv(y, unit.conv2.kernel.numpy()))
+
+
+def postact_bottleneck(x, unit):
+    y = relu(bn_of(unit.bn1)(conv(x, unit.conv1.kernel.numpy())))
+    y = relu(bn_of(unit.bn2)(conv(y, unit.conv2.kernel.numpy(), unit.conv2.stride)))
+    return bn_of(unit.bn3)(conv(y, unit.conv3.kernel.numpy()))
+
+
+def preact_bottleneck(x, unit):
+    pre = relu(bn_of(unit.bn1)(x))
+    y = relu(bn_of(unit.bn2)(conv(pre, unit.conv1.kernel.numpy())))
+    y = relu(bn_of(unit.bn3)(conv(y, unit.conv2.kernel.numpy(), unit.conv2.stride)))
+    return conv(y, unit.conv3.kernel.numpy()), pre
+
+
+def softmax_cross_entropy(logits, labels, smoothing=0.0):
+    """Per-example cross-entropy against (smoothed) one-hot targets."""
+    logits = logits - logits.max(axis=1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    k = logits.shape[1]
+    targets = np.eye(k)[labels] * (1 - smoothing) + smoothing / k
+    return -(targets * log_p).sum(axis=1)

@@ -1,0 +1,127 @@
+"""Evaluation: its figures against numpy, test-time augmentation, checkpoints, averages."""
+
+import json
+import os
+
+import numpy as np
+import numpy_ref as ref
+import pytest
+import tensorflow as tf
+from conftest import quiet, tiny_options, tiny_recipe
+
+from v2.errors import UserError
+from v2.evaluation import evaluate
+from v2.nets.model import ModelConfig
+from v2.training import checkpoint, loop
+
+
+class Lookup(tf.Module):
+    """A 'net' whose logits for an image are a fixed row chosen by the image's first pixel."""
+
+    def __init__(self, table, column=None):
+        super().__init__()
+        self.config = ModelConfig(num_layers=8, num_classes=table.shape[1])
+        self.table = tf.constant(table, tf.float32)
+        self.column = column
+
+    def __call__(self, images, training=False):
+        pixel = images[:, 0, 0 if self.column is None else self.column, 0]
+        return tf.gather(self.table, tf.cast(tf.round(pixel), tf.int32))
+
+
+def _images(values):
+    return np.broadcast_to(np.asarray(values, np.uint8)[:, None, None, None],
+                           (len(values), 32, 32, 3)).copy()
+
+
+def test_cross_entropy_accuracy_and_per_class_figures_against_numpy():
+    rng = np.random.default_rng(0)
+    table = rng.normal(0, 2, (6, 3)).astype(np.float32)         # row k: logits of pixel k
+    pixels = rng.integers(0, 6, 40)
+    labels = rng.integers(0, 3, 40)
+    evaluator = evaluate.Evaluator(Lookup(table), np.zeros([32, 32, 3], np.float32))
+    batches = tf.data.Dataset.from_tensor_slices((_images(pixels), labels.astype(np.int32)))
+    metrics = evaluator(batches.batch(7))                        # 5 full batches and one of 5
+    logits = table[pixels]
+    predicted = logits.argmax(axis=1)
+    confusion = np.zeros((3, 3), int)
+    np.add.at(confusion, (labels, predicted), 1)
+    assert metrics.confusion == confusion.tolist() and metrics.num_examples == 40
+    assert metrics.cross_entropy == pytest.approx(
+        ref.softmax_cross_entropy(logits, labels).mean(), rel=1e-5)
+    assert metrics.accuracy == pytest.approx(np.mean(predicted == labels))
+    for k in range(3):
+        assert metrics.per_class_accuracy[k] == pytest.approx(
+            confusion[k, k] / max(confusion[k].sum(), 1))
+        assert metrics.per_class_precision[k] == pytest.approx(
+            confusion[k, k] / max(confusion[:, k].sum(), 1))
+    assert evaluator.traces == 1
+
+
+def test_test_time_augmentation_averages_the_image_and_its_mirror():
+    table = np.array([[4.0, 0.0], [0.0, 1.0]], np.float32)
+    net = Lookup(table, column=31)              # reads the last column: the flip shows
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    images[0, :, 0] = 1                         # its mirror has 1 in the last column
+    images[1, :, 31] = 1
+    labels = np.array([1, 1], np.int32)
+    batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
+    mean = np.zeros([32, 32, 3], np.float32)
+    plain = evaluate.Evaluator(net, mean)(batches)
+    averaged = evaluate.Evaluator(net, mean, tta=True)(batches)
+    both = (table[0] + table[1]) / 2                            # each image: one view of each
+    assert plain.accuracy == 0.5 and averaged.accuracy == 0.0
+    assert averaged.cross_entropy == pytest.approx(
+        ref.softmax_cross_entropy(np.stack([both, both]), labels).mean(), rel=1e-6)
+
+
+def test_evaluate_every_checkpoint_of_a_folder(trained, session_data, tmp_path, capsys):
+    out_json = tmp_path / 'eval.json'
+    results = evaluate.evaluate_checkpoints(
+        str(trained / 'ckpt'), str(session_data), {}, all_checkpoints=True, batch_size=10,
+        output_json=str(out_json), log_path=str(tmp_path / 'logs'))
+    assert [step for _, step, _ in results] == [3, 6]
+    report = json.loads(out_json.read_text())
+    assert report['model'] == 'ResNet-8' and len(report['checkpoints']) == 2
+    assert report['checkpoints'][1]['error'] == pytest.approx(1 - results[1][2].accuracy)
+    assert all(np.array(m.confusion).sum() == 24 for _, _, m in results)
+    text = capsys.readouterr().out
+    assert 'ResNet-8 on 24 test images' in text and 'per class' in text
+    assert 'confusion matrix' in text and os.listdir(tmp_path / 'logs' / 'evaluator')
+
+
+def test_the_trainers_last_evaluation_agrees_with_the_evaluator(session_data, tmp_path):
+    records = []
+    loop.train(ModelConfig(num_layers=8), tiny_recipe(num_iterations=3),
+               tiny_options(tmp_path, eval_every=3), str(session_data), out=quiet,
+               on_record=lambda *r: records.append(r))
+    (_, _, metrics), = evaluate.evaluate_checkpoints(str(tmp_path / 'ckpt'), str(session_data),
+                                                     out=quiet)
+    (_, split, during), = [r for r in records if r[1] != 'train']
+    assert split == 'test' and during['accuracy'] == pytest.approx(metrics.accuracy)
+    assert during['cross_entropy'] == pytest.approx(metrics.cross_entropy, rel=1e-5)
+
+
+def test_evaluation_refuses_an_explicit_architecture_that_differs(trained, session_data):
+    with pytest.raises(UserError, match=r'ResNet-8 checkpoint \(num_layers=8\), but ResNet-20 '
+                                        r'\(num_layers=20\) was asked for'):
+        evaluate.evaluate_checkpoints(str(trained / 'ckpt'), str(session_data),
+                                      {'num_layers': 20}, out=quiet)
+
+
+def test_a_run_with_weight_averages_is_evaluated_with_them(session_data, tmp_path):
+    result = loop.train(ModelConfig(num_layers=8), tiny_recipe(ema_decay=0.5),
+                        tiny_options(tmp_path), str(session_data), out=quiet)
+    saved = checkpoint.Saved(result.checkpoint)
+    assert saved.has_ema
+    averaged, _ = evaluate.load_network(result.checkpoint, out=quiet)
+    live, _ = evaluate.load_network(result.checkpoint, out=quiet, averaged=False)
+    restorer = evaluate.Restorer(saved, averaged=True)
+    restorer.load(saved)
+    for a, b in zip(averaged.variables, restorer.ema.averages):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert any(not np.array_equal(a.numpy(), b.numpy())
+               for a, b in zip(averaged.variables, live.variables))
+    lines = []
+    evaluate.evaluate_checkpoints(result.checkpoint, str(session_data), out=lines.append)
+    assert 'weight averages' in lines[-1].splitlines()[0]
