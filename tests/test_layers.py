@@ -236,3 +236,21 @@ def test_zero_init_residual_starts_every_residual_unit_as_its_shortcut(version):
     plain = m.build(C(num_layers=14, resnet_version=version, shortcut_connections=False),
                     zero_init_residual=True)
     assert not np.allclose(plain.stages[0][1](x, training=False).numpy(), 0)
+
+
+@pytest.mark.parametrize('variant', ['xla', 'custom_gradient'])
+def test_the_step_variants_batch_norms_compute_what_the_trainers_does(variant):
+    from v2.tools import step_variants
+    x = tf.constant(images((4, 8, 8, 16)) * 2 + 1)
+    results = []
+    for norm_class in (layers.BatchNorm, step_variants.IN_PROCESS[variant]):
+        bn = norm_class(16, 'bn', momentum=0.8)
+        randomize_batch_norms(bn)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = bn.with_relu(x, training=True)
+            loss = tf.reduce_sum(y * tf.range(16, dtype=tf.float32))
+        results.append([y, *tape.gradient(loss, [x, bn.gamma, bn.beta]), bn.moving_mean,
+                        bn.moving_variance])
+    for ours, theirs in zip(*results):
+        close(theirs, np.asarray(ours), 1e-3)

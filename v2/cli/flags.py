@@ -189,6 +189,12 @@ flags.DEFINE_boolean('conv_bound', True, 'Also time each convolution of the net 
 flags.DEFINE_list('rss_steps', [], 'Instead of timing: train this many steps and print the '
                   'resident memory at each listed step (e.g. 500,3000), to show it does not grow.')
 
+# --- the step variants (python -m v2.tools.step_variants) ---
+flags.DEFINE_list('variants', [], 'step_variants: the ways to time (default: every one).')
+flags.DEFINE_integer('rounds', 3, 'step_variants: rounds, each timing every variant in turn.',
+                     lower_bound=1)
+flags.DEFINE_boolean('machine_readable', False, 'step_variants: print only the rates.')
+
 # --- the experiments (python -m v2.tools.experiments) and figures ---
 flags.DEFINE_string('out', 'files', 'Folder for the figures, the CSV/JSON and the tables.')
 flags.DEFINE_string('work_dir', None, 'One folder per run (checkpoints, TensorBoard logs, '
@@ -221,8 +227,10 @@ BENCHMARK = (DATA_AND_NETWORK + RECIPE + RUN
 EXPERIMENTS = (DATA_AND_NETWORK + RECIPE + RUN
                + ('out', 'work_dir', 'depths', 'seeds', 'networks', 'reference', 'plot',
                   'switches'))
+STEP_VARIANTS = BENCHMARK + ('variants', 'rounds', 'machine_readable')
 FIGURES = ('out',)
-ALL = tuple(dict.fromkeys(TRAINER + EVALUATOR + BENCHMARK + EXPERIMENTS + FIGURES))
+ALL = tuple(dict.fromkeys(TRAINER + EVALUATOR + BENCHMARK + STEP_VARIANTS + EXPERIMENTS
+                          + FIGURES))
 
 # Flags that do not apply to a family, refused when given explicitly.
 NOT_FOR = {

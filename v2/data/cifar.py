@@ -84,7 +84,7 @@ def _missing(message, *values):
     return UserError(message % values, settings=('data_path', 'download'))
 
 
-def check_files(data_path, names, spec=CIFAR10):
+def check_files(data_path: str, names, spec: DatasetSpec = CIFAR10) -> list[str]:
     """Checks that every named file exists, is readable and holds whole records.
 
     Returns the full paths. Raises UserError naming the first bad file and what is
@@ -151,7 +151,7 @@ def read_records(paths, spec=CIFAR10):
             .get_single_element())
 
 
-def load(data_path, names, spec=CIFAR10):
+def load(data_path: str, names, spec: DatasetSpec = CIFAR10) -> tuple[tf.Tensor, tf.Tensor]:
     """Checks the named files of `data_path`, reads them and checks their labels.
 
     Returns (images uint8 [N, 32, 32, 3], labels int32 [N]); see read_records.
@@ -166,7 +166,7 @@ def load(data_path, names, spec=CIFAR10):
     return images, labels
 
 
-def load_split(data_path, spec, split):
+def load_split(data_path: str, spec: DatasetSpec, split: str) -> tuple[tf.Tensor, tf.Tensor]:
     """The 'train' or 'test' files of a data set; see load."""
     return load(data_path, spec.train_files if split == 'train' else spec.test_files, spec)
 
@@ -188,7 +188,7 @@ def hold_out(images, labels, count, data_path=''):
     return (images[:keep], labels[:keep]), (images[keep:], labels[keep:])
 
 
-def pixel_mean(images):
+def pixel_mean(images) -> np.ndarray:
     """Per-pixel mean [32, 32, 3] of uint8 images, as subtracted in He et al. 2015.
 
     numpy accumulates in float64 chunk by chunk; casting the whole set to float64

@@ -92,7 +92,8 @@ def epoch_order(num_examples, seed, epoch):
         tf.range(num_examples), seed=tf.stack([tf.cast(seed, tf.int64), epoch]), alg=RNG)
 
 
-def train_batches(images, labels, batch_size, seed, start_step, num_steps):
+def train_batches(images, labels, batch_size: int, seed: int, start_step: int,
+                  num_steps: int) -> tf.data.Dataset:
     """The uint8 batches of steps start_step .. num_steps-1, not yet augmented.
 
     Each epoch is a fresh shuffle of the whole set, cut into whole batches (the
@@ -141,7 +142,7 @@ def augmented_batches(images, labels, mean, batch_size, seed, start_step, num_st
             .prefetch(tf.data.AUTOTUNE))
 
 
-def eval_batches(images, labels, batch_size):
+def eval_batches(images, labels, batch_size: int) -> tf.data.Dataset:
     """The whole evaluation set in order, uint8, in batches of at most batch_size.
 
     tf.data's autotuning is off here. Every evaluation starts a new iterator, and

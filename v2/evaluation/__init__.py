@@ -1,1 +1,1 @@
-"""Evaluation: evaluate (metrics of checkpoints), export (SavedModel, image files), tflite."""
+"""Evaluation: evaluate (metrics of checkpoints), export (SavedModel, TFLite, image files)."""

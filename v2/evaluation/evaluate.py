@@ -118,7 +118,8 @@ class Restorer:
         return self.net
 
 
-def load_network(ckpt_path, wanted=None, precision='float32', out=print, averaged=True):
+def load_network(ckpt_path: str, wanted: dict | None = None, precision: str = 'float32',
+                 out=print, averaged: bool = True):
     """The network of the checkpoint ckpt_path names, restored; with its Saved metadata."""
     devices.setup_for_evaluation()
     saved = checkpoint.Saved(checkpoint.find(ckpt_path))

@@ -112,6 +112,10 @@ class BatchNorm(tf.Module):
             self.moving_variance.assign(out.batch_variance)
         return out.y
 
+    def with_relu(self, x, training):
+        """ReLU(BN(x)): the pair every unit applies, in one place so that it can be fused."""
+        return tf.nn.relu(self(x, training))
+
     def _synchronized(self, x):
         """Training-mode batch norm with mean and variance over every replica's batch."""
         x32 = tf.cast(x, tf.float32)
@@ -231,6 +235,7 @@ class Factory:
     sync_batch_norm: bool = False
     dropout_rate: float = 0.0
     zero_init_residual: bool = False
+    norm_class: type = BatchNorm
 
     def conv(self, in_channels, out_channels, kernel_size, stride, name, ends_branch=False):
         """A conv; the last conv of a pre-activation residual branch starts at zero with
@@ -244,8 +249,8 @@ class Factory:
     def norm(self, channels, name, ends_branch=False):
         """A batch norm; one that ends a residual branch starts with scale 0 with
         zero_init_residual, so that the unit starts as its shortcut (Goyal et al. 2017)."""
-        return BatchNorm(channels, name, self.bn_momentum, self.sync_batch_norm,
-                         zero_scale=ends_branch and self.zero_init_residual)
+        return self.norm_class(channels, name, self.bn_momentum, self.sync_batch_norm,
+                               zero_scale=ends_branch and self.zero_init_residual)
 
     def dropout(self, name):
         """Dropout at dropout_rate, or None when the rate is 0."""

@@ -160,18 +160,20 @@ def units_per_stage(config):
     return (d - 2) // 6
 
 
-def build(config, seed=0, compute_dtype=tf.float32, bn_momentum=layers.BN_MOMENTUM,
-          sync_batch_norm=False, zero_init_residual=False):
+def build(config: ModelConfig, seed: int = 0, compute_dtype: tf.DType = tf.float32,
+          bn_momentum: float = layers.BN_MOMENTUM, sync_batch_norm: bool = False,
+          zero_init_residual: bool = False, norm_class: type = layers.BatchNorm) -> tf.Module:
     """The network a ModelConfig describes, with `config` attached as net.config.
 
     The keyword arguments shape training but not the architecture (a checkpoint
     restores into a net built with any of them): the initialisation seed, the dtype
     of the activations, batch norm's momentum and synchronisation over replicas, and
-    whether each residual branch starts at zero (see layers.Factory).
+    whether each residual branch starts at zero, the batch-norm class (see
+    layers.Factory).
     """
     c = config
     make = layers.Factory(tf.random.Generator.from_seed(seed), c.strided_padding, bn_momentum,
-                          sync_batch_norm, c.dropout_rate, zero_init_residual)
+                          sync_batch_norm, c.dropout_rate, zero_init_residual, norm_class)
     if c.model == 'vgg':
         net = VGG(c.num_layers, make, c.num_classes, compute_dtype)
     else:
@@ -193,31 +195,33 @@ def build(config, seed=0, compute_dtype=tf.float32, bn_momentum=layers.BN_MOMENT
     return net
 
 
-def cifar_resnet(depth, version=2, bottleneck=False, shortcut_type=None,
-                 shortcut_connections=True, num_classes=10, **kwargs):
+def cifar_resnet(depth: int, version: int = 2, bottleneck: bool = False,
+                 shortcut_type: str | None = None, shortcut_connections: bool = True,
+                 num_classes: int = 10, **kwargs) -> tf.Module:
     """A CIFAR ResNet of He et al. 2015/2016, e.g. cifar_resnet(164, bottleneck=True)."""
     return build(ModelConfig('resnet', depth, version, bottleneck, shortcut_type,
                              shortcut_connections, num_classes=num_classes), **kwargs)
 
 
-def wide_resnet(depth, widen_factor, dropout_rate=0.0, num_classes=10, **kwargs):
+def wide_resnet(depth: int, widen_factor: int, dropout_rate: float = 0.0, num_classes: int = 10,
+                **kwargs) -> tf.Module:
     """WRN-depth-widen_factor of Zagoruyko & Komodakis 2016, e.g. wide_resnet(28, 10, 0.3)."""
     return build(ModelConfig('wide_resnet', depth, widen_factor=widen_factor,
                              dropout_rate=dropout_rate, num_classes=num_classes), **kwargs)
 
 
-def vgg(depth, num_classes=10, **kwargs):
+def vgg(depth: int, num_classes: int = 10, **kwargs) -> tf.Module:
     """VGG-depth with batch norm for 32x32 images, e.g. vgg(16)."""
     return build(ModelConfig('vgg', depth, num_classes=num_classes), **kwargs)
 
 
-def imagenet_resnet(depth, version=1, num_classes=10, **kwargs):
+def imagenet_resnet(depth: int, version: int = 1, num_classes: int = 10, **kwargs) -> tf.Module:
     """ResNet-18/34/50/101/152 adapted to 32x32 (3x3 stem, no max-pool); version=2: pre-act."""
     return build(ModelConfig('imagenet_resnet', depth, version, num_classes=num_classes),
                  **kwargs)
 
 
-def count_parameters(module):
+def count_parameters(module) -> int:
     """Number of trainable scalars in a module (or a list of modules)."""
     modules = module if isinstance(module, (list, tuple)) else [module]
     return sum(int(v.shape.num_elements()) for m in modules for v in m.trainable_variables)

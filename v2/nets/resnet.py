@@ -59,8 +59,8 @@ class PreActBasic(tf.Module):
         self.share_preact = share_preact
 
     def __call__(self, x, training):
-        preact = tf.nn.relu(self.bn1(x, training))
-        y = tf.nn.relu(self.bn2(self.conv1(preact), training))
+        preact = self.bn1.with_relu(x, training)
+        y = self.bn2.with_relu(self.conv1(preact), training)
         if self.dropout:
             y = self.dropout(y, training)
         return join_preact(self, self.conv2(y), x, preact, training)
@@ -89,9 +89,9 @@ class PreActBottleneck(tf.Module):
         self.share_preact = share_preact
 
     def __call__(self, x, training):
-        preact = tf.nn.relu(self.bn1(x, training))
-        y = tf.nn.relu(self.bn2(self.conv1(preact), training))
-        y = tf.nn.relu(self.bn3(self.conv2(y), training))
+        preact = self.bn1.with_relu(x, training)
+        y = self.bn2.with_relu(self.conv1(preact), training)
+        y = self.bn3.with_relu(self.conv2(y), training)
         return join_preact(self, self.conv3(y), x, preact, training)
 
 
@@ -113,7 +113,7 @@ class PostActBasic(tf.Module):
             self.shortcut = shortcut
 
     def __call__(self, x, training):
-        y = tf.nn.relu(self.bn1(self.conv1(x), training))
+        y = self.bn1.with_relu(self.conv1(x), training)
         if self.dropout:
             y = self.dropout(y, training)
         return join_postact(self, self.bn2(self.conv2(y), training), x, training)
@@ -139,8 +139,8 @@ class PostActBottleneck(tf.Module):
             self.shortcut = shortcut
 
     def __call__(self, x, training):
-        y = tf.nn.relu(self.bn1(self.conv1(x), training))
-        y = tf.nn.relu(self.bn2(self.conv2(y), training))
+        y = self.bn1.with_relu(self.conv1(x), training)
+        y = self.bn2.with_relu(self.conv2(y), training)
         return join_postact(self, self.bn3(self.conv3(y), training), x, training)
 
 
@@ -203,14 +203,14 @@ class ResNet(tf.Module):
 
         x = self.stem(tf.cast(images, self.compute_dtype))
         if self.stem_bn:
-            x = tf.nn.relu(self.stem_bn(x, training))
+            x = self.stem_bn.with_relu(x, training)
         x = note('stem', x)
         for s, units in enumerate(self.stages):
             for unit in units:
                 x = unit(x, training)
             note('stage %d' % (s + 1), x)
         if self.final_bn:
-            x = tf.nn.relu(self.final_bn(x, training))
+            x = self.final_bn.with_relu(x, training)
         x = note(self._pool_name(), tf.reduce_mean(x, axis=[1, 2]))
         return note('linear', tf.cast(self.fc(x), tf.float32))
 

@@ -41,7 +41,7 @@ class VGG(tf.Module):
         x = tf.cast(images, self.compute_dtype)
         for s, stage in enumerate(self.stages):
             for conv, bn in stage:
-                x = tf.nn.relu(bn(conv(x), training))
+                x = bn.with_relu(conv(x), training)
             x = tf.nn.max_pool2d(x, 2, 2, padding='VALID')
             if trace is not None:
                 trace.append(('stage %d' % (s + 1), tuple(x.shape)))

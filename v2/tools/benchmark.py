@@ -277,5 +277,10 @@ def main(argv):
     return 0
 
 
-if __name__ == '__main__':
+def run():
+    """The console entry point and python -m."""
     app.run(main, flags.BENCHMARK)
+
+
+if __name__ == '__main__':
+    run()

@@ -457,5 +457,10 @@ def main(argv):
     return 0
 
 
-if __name__ == '__main__':
+def run():
+    """The console entry point and python -m."""
     app.run(main, flags.EXPERIMENTS)
+
+
+if __name__ == '__main__':
+    run()

@@ -1,0 +1,192 @@
+"""Other ways to run the memory-bound part of the step, each timed against the trainer's own.
+
+  python -m v2.tools.step_variants --num_layers=20 --precision=bfloat16
+  python -m v2.tools.step_variants --num_layers=110 --precision=bfloat16 --rounds=3
+
+About a third of a ResNet-20 step on a 2-core CPU is not convolution: batch norm
+forward and backward, the ReLU and its gradient, the residual additions. TensorFlow
+runs each as its own kernel, each a pass over memory. This tool times the same
+traced step (one in-memory batch, the trainer's make_train_steps) with batch norm
+and ReLU done other ways, alternating the variants within one process so that
+they share the machine's state, and prints each one's images/second against the
+trainer's. Variants that need another process (TensorFlow's oneDNN switches and
+grappler's remapper, read at start-up) run as subprocesses, alternated the same way.
+
+What each did is in docs/performance.md; none is used by the trainer unless it was
+measured faster there.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import tensorflow as tf
+
+from v2.cli import app, flags
+from v2.nets import layers, model
+from v2.training import precision as precision_lib
+from v2.training.optimizer import Momentum
+from v2.training.step import StepParts, Window, make_train_steps, make_window_end
+
+FLAGS = flags.FLAGS
+EPSILON = layers.BN_EPSILON
+
+
+@tf.function(jit_compile=True)
+def _xla_bn_relu(x, gamma, beta):
+    """Training-mode BN -> ReLU as one XLA computation; its gradient is compiled with it."""
+    x32 = tf.cast(x, tf.float32)
+    mean = tf.reduce_mean(x32, [0, 1, 2])
+    variance = tf.maximum(tf.reduce_mean(tf.square(x32), [0, 1, 2]) - tf.square(mean), 0.0)
+    y = tf.nn.relu((x32 - mean) * (gamma * tf.math.rsqrt(variance + EPSILON)) + beta)
+    return tf.cast(y, x.dtype), mean, variance
+
+
+class XlaBatchNorm(layers.BatchNorm):
+    """Variant 'xla': BN -> ReLU in training compiled by XLA, statistics in one pass; the
+    convolutions around it stay on oneDNN."""
+
+    def with_relu(self, x, training):
+        if not training:
+            return super().with_relu(x, training)
+        y, mean, variance = _xla_bn_relu(x, self.gamma, self.beta)
+        _update_averages(self, x, mean, variance)
+        return y
+
+
+def _update_averages(bn, x, mean, variance):
+    n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
+    factor = 1.0 - bn.momentum
+    bn.moving_mean.assign((1 - factor) * bn.moving_mean + factor * mean)
+    bn.moving_variance.assign((1 - factor) * bn.moving_variance
+                              + factor * variance * n / tf.maximum(n - 1.0, 1.0))
+
+
+@tf.function(jit_compile=True)
+def _forward(x, gamma, beta):
+    x32 = tf.cast(x, tf.float32)
+    mean = tf.reduce_mean(x32, [0, 1, 2])
+    variance = tf.maximum(tf.reduce_mean(tf.square(x32), [0, 1, 2]) - tf.square(mean), 0.0)
+    rstd = tf.math.rsqrt(variance + EPSILON)
+    normalised = (x32 - mean) * rstd
+    y = tf.nn.relu(normalised * gamma + beta)
+    return tf.cast(y, x.dtype), tf.cast(normalised, x.dtype), mean, variance, rstd
+
+
+@tf.function(jit_compile=True)
+def _backward(dy, normalised, gamma, beta, rstd):
+    """The gradient of ReLU(gamma * x_hat + beta) as one expression: Ioffe & Szegedy 2015."""
+    x_hat = tf.cast(normalised, tf.float32)
+    g = tf.where(x_hat * gamma + beta > 0, tf.cast(dy, tf.float32), 0.0)
+    d_beta = tf.reduce_sum(g, [0, 1, 2])
+    d_gamma = tf.reduce_sum(g * x_hat, [0, 1, 2])
+    n = tf.cast(tf.size(g) // tf.shape(g)[-1], tf.float32)
+    dx = (gamma * rstd) * (g - d_beta / n - x_hat * d_gamma / n)
+    return tf.cast(dx, dy.dtype), d_gamma, d_beta
+
+
+@tf.custom_gradient
+def _bn_relu_custom(x, gamma, beta):
+    y, normalised, mean, variance, rstd = _forward(x, gamma, beta)
+
+    def grad(dy, d_mean, d_variance):
+        return _backward(dy, normalised, gamma, beta, rstd)
+    return (y, mean, variance), grad
+
+
+class CustomGradientBatchNorm(layers.BatchNorm):
+    """Variant 'custom_gradient': BN -> ReLU with a hand-written backward, both compiled by
+    XLA; it keeps only the normalised input for the backward (ReLU's mask is recomputed)."""
+
+    def with_relu(self, x, training):
+        if not training:
+            return super().with_relu(x, training)
+        y, mean, variance = _bn_relu_custom(x, tf.identity(self.gamma), tf.identity(self.beta))
+        _update_averages(self, x, mean, variance)
+        return y
+
+
+IN_PROCESS = {'trainer': layers.BatchNorm, 'xla': XlaBatchNorm,
+              'custom_gradient': CustomGradientBatchNorm}
+# Variants read by TensorFlow at start-up: (environment, grappler options).
+IN_SUBPROCESS = {
+    'no_onednn': ({'TF_ENABLE_ONEDNN_OPTS': '0'}, {}),
+    'no_remapper': ({}, {'remapping': False}),
+    'no_layout_optimizer': ({}, {'layout_optimizer': False}),
+}
+
+
+def time_steps(net, batch_size, steps, windows):
+    """Images/second of each window of `steps` steps on one in-memory batch (after a warm-up)."""
+    parts = StepParts(model=net, optimizer=Momentum(net.trainable_variables),
+                      schedule=flags.recipe().schedule, step=tf.Variable(0, dtype=tf.int64),
+                      window=Window(), pixel_mean=tf.Variable(tf.zeros([32, 32, 3])))
+    train_steps = make_train_steps(parts, global_batch=batch_size)
+    window_end = make_window_end(parts.window, tf.distribute.get_strategy(), False)
+    images = tf.cast(tf.random.uniform([batch_size, 32, 32, 3], 0, 256, tf.int32), tf.uint8)
+    labels = tf.random.uniform([batch_size], 0, net.config.num_classes, tf.int32)
+    batches = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
+    train_steps(batches, tf.constant(3, tf.int64))
+    window_end(tf.zeros([2])).numpy()
+    rates = []
+    for _ in range(windows):
+        start = time.perf_counter()
+        train_steps(batches, tf.constant(steps, tf.int64))
+        window_end(tf.zeros([2])).numpy()
+        rates.append(steps * batch_size / (time.perf_counter() - start))
+    return rates
+
+
+def subprocess_rates(name, argv):
+    environment, options = IN_SUBPROCESS[name]
+    env = dict(os.environ, **environment, V2_GRAPPLER=json.dumps(options))
+    run = subprocess.run([sys.executable, '-m', 'v2.tools.step_variants', *argv[1:],
+                          '--variants=trainer', '--rounds=1', '--machine_readable'],
+                         env=env, capture_output=True, text=True, timeout=3600)
+    if run.returncode:
+        raise RuntimeError('%s failed: %s' % (name, run.stderr[-2000:]))
+    return [float(v) for v in run.stdout.split('rates:')[1].split()]
+
+
+def main(argv):
+    if os.environ.get('V2_GRAPPLER'):
+        tf.config.optimizer.set_experimental_options(json.loads(os.environ['V2_GRAPPLER']))
+    config = flags.model_config()
+    recipe = flags.recipe()
+    dtype = precision_lib.compute_dtype(recipe.precision)
+    names = list(FLAGS.variants) or list(IN_PROCESS) + list(IN_SUBPROCESS)
+    nets = {name: model.build(config, compute_dtype=dtype, norm_class=IN_PROCESS[name])
+            for name in names
+            if name in IN_PROCESS}
+    rates = {name: [] for name in names}
+    for _ in range(FLAGS.rounds):
+        for name in names:
+            if name in IN_PROCESS:
+                rates[name] += time_steps(nets[name], recipe.batch_size, FLAGS.window_steps,
+                                          FLAGS.windows)
+            else:
+                rates[name] += subprocess_rates(name, sys.argv)
+    if FLAGS.machine_readable:
+        print('rates: ' + ' '.join('%.1f' % r for r in rates[names[0]]))
+        return 0
+    base = statistics.median(rates['trainer']) if 'trainer' in rates else None
+    print('%s, batch %d, %s; %d rounds of %d windows of %d steps, variants alternated'
+          % (config.describe(), recipe.batch_size, dtype.name, FLAGS.rounds, FLAGS.windows,
+             FLAGS.window_steps))
+    for name in names:
+        median = statistics.median(rates[name])
+        print('%-22s %7.0f img/s  (min %.0f, max %.0f)%s'
+              % (name, median, min(rates[name]), max(rates[name]),
+                 '   %.2fx the trainer' % (median / base) if base else ''))
+    return 0
+
+
+def run():
+    app.run(main, flags.STEP_VARIANTS)
+
+
+if __name__ == '__main__':
+    run()
