@@ -167,6 +167,8 @@ def test_figures_refuse_a_csv_that_is_not_figure6_points(tmp_path):
     (['figure6', '--data_path={data}', '--depths=21'], '--depths=21: num_layers=21: the depth '
                                                         'must be 6n+2'),
     (['figure6', '--data_path={data}', '--networks=highway'], '--networks=highway: expected'),
+    (['figure6', '--data_path={data}', '--depths=8'], 'figure6 plots the test error: give '
+                                                       '--eval_every'),
     (['switches', '--data_path={data}', '--switches=mixup'], '--switches=mixup: expected some of'),
     (['table', '--data_path={data}', '--tta'], '--tta is not a flag of experiments.py'),
 ])

@@ -140,3 +140,12 @@ def test_a_resumed_float16_run_goes_on_with_its_saved_loss_scale(session_data, t
     resumed = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / 'ckpt')))
     assert resumed.get_tensor('loss_scale/good_steps/.ATTRIBUTES/VARIABLE_VALUE') == 3
     assert records[-1]['loss_scale'] == saved_scale
+
+
+def test_float16_under_the_stop_policy_stops_on_a_non_finite_loss(session_data, tmp_path):
+    # Overflowing gradients are skipped (the scale adapts); a non-finite loss is not.
+    diverging = tiny_recipe(precision='float16', schedule=Schedule(boundaries=(),
+                                                                   values=(1e30,)))
+    with pytest.raises(Exception, match=r'the loss became non-finite at step \d'):
+        loop.train(TINY, diverging, tiny_options(tmp_path), str(session_data), out=quiet)
+    assert tf.train.latest_checkpoint(str(tmp_path / 'ckpt')) is None

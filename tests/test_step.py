@@ -102,17 +102,19 @@ def test_the_window_sums_steps_and_reads_once():
     assert again['updated'] == 0 and again['loss'] == 0 and again['first_bad'] == -1
 
 
-def test_a_non_finite_gradient_skips_the_update_under_skip_step():
+def test_a_non_finite_gradient_skips_the_whole_step_under_skip_step():
     net = model.cifar_resnet(8)
     images, labels = _batch()
-    parts = _parts(net, skip_non_finite=True,
+    average = WeightAverage(net, 0.9)
+    parts = _parts(net, skip_non_finite=True, ema=average,
                    pixel_mean=tf.Variable(tf.fill([32, 32, 3], float('nan'))))
-    before = [v.numpy().copy() for v in net.trainable_variables + parts.optimizer.variables]
+    kept = list(net.variables) + list(parts.optimizer.variables) + list(average.averages)
+    before = [v.numpy().copy() for v in kept]       # weights, statistics, momentum, averages
     make_train_steps(parts)(iter([(images, labels)]), tf.constant(1, tf.int64))
     sums = _sums(parts)
     assert sums['skipped'] == 1 and sums['updated'] == 0 and sums['first_bad'] == -1
-    for b, v in zip(before, net.trainable_variables + parts.optimizer.variables):
-        np.testing.assert_array_equal(b, v.numpy())
+    for b, v in zip(before, kept):
+        np.testing.assert_array_equal(b, v.numpy(), err_msg=v.name)
     assert int(parts.step.numpy()) == 1                    # the step still counts
 
 

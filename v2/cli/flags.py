@@ -167,9 +167,9 @@ flags.DEFINE_boolean('averaged', True, 'For a run with --ema_decay: evaluate and
 flags.DEFINE_string('export_dir', None,
                     'Instead of evaluating: write the checkpoint as a SavedModel here (uint8 '
                     'images in, probabilities and classes out, mean subtraction built in).')
-flags.DEFINE_list('tflite', [], 'With --export_dir: also write <export_dir>.<kind>.tflite for '
-                  'each kind of float32, float16, int8, each checked against the SavedModel on '
-                  'the test images.')
+flags.DEFINE_list('tflite', [], 'With --export_dir: also write <export_dir>/model_<kind>.tflite '
+                  'for each kind of float32, float16, int8, each checked against the SavedModel '
+                  'on the test images.')
 flags.DEFINE_list('images', [], 'Instead of evaluating: print the predicted classes of these '
                   'image files (PNG, JPEG, ...; resized to 32x32 where needed); a .tflite '
                   '--ckpt_path runs them through TensorFlow Lite\'s interpreter.')

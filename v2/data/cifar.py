@@ -181,6 +181,11 @@ def hold_out(images, labels, count, data_path=''):
     """
     if not count:
         return (images, labels), None
+    with tf.device('/cpu:0'):        # the set stays in host memory, where tf.data reads it
+        return _split(images, labels, count, data_path)
+
+
+def _split(images, labels, count, data_path):
     if count >= int(images.shape[0]):
         raise UserError('validation_split=%d holds out every one of the %d training images in %s'
                         % (count, images.shape[0], data_path), settings=('validation_split',))

@@ -34,6 +34,7 @@ import dataclasses
 import json
 import os
 import statistics
+import sys
 
 import tensorflow as tf
 
@@ -171,9 +172,11 @@ def train_run(run, data_path, index, count, **option_changes):
     options = flags.run_options(run.model_config, ckpt_path=run.folder,
                                 log_path=os.path.join(run.folder, 'logs'), max_to_keep=1,
                                 save_every=FLAGS.log_per_iterations, **option_changes)
-    loop.train(run.model_config, run.recipe, options, data_path,
-               out=lambda line: print('  [%s] %s' % (run.name, line), flush=True),
-               on_record=points)
+    result = loop.train(run.model_config, run.recipe, options, data_path,
+                        out=lambda line: print('  [%s] %s' % (run.name, line), flush=True),
+                        on_record=points)
+    if result.stopped_by:           # Ctrl-C or SIGTERM stops the grid, not just this run
+        sys.exit(128 + result.stopped_by)
     return points
 
 
@@ -196,6 +199,10 @@ def figure6(out):
         raise UserError('--networks=%s: expected plain, resnet or both' % ','.join(networks))
     base = check_depths(depths)
     recipe = flags.recipe()
+    if not FLAGS.eval_every or recipe.validation_split:
+        raise UserError('figure6 plots the test error: give eval_every (e.g. the same as '
+                        'log_per_iterations) and no validation_split',
+                        settings=('eval_every', 'log_per_iterations', 'validation_split'))
     reference = FLAGS.reference
     name = 'figure6_reference' if reference else 'figure6'
     folder = work_dir(name)

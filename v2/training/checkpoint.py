@@ -106,8 +106,9 @@ class Saved:
             self.step = int(reader.get_tensor(STEP_KEY)) if has(STEP_KEY) else None
             self.training_json = (reader.get_tensor(TRAINING_KEY).decode()
                                   if has(TRAINING_KEY) else '')
-            self.has_ema = any(k.startswith(EMA_PREFIX)
-                               for k in reader.get_variable_to_shape_map())
+            names = reader.get_variable_to_shape_map()
+            self.has_ema = any(k.startswith(EMA_PREFIX) for k in names)
+            self.has_loss_scale = any(k.startswith('loss_scale/') for k in names)
         except Exception as e:       # the reader raises IndexError, OpError, ... on bad files
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError('%s: not a readable checkpoint of this trainer (%s)'

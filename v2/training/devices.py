@@ -55,14 +55,21 @@ def _index(name: str) -> int | None:
 
 
 def setup(strategy: str, devices: Sequence[str] = (), tf32: bool = True,
-          out: Callable = print) -> list[Device]:
+          out: Callable = print, cpu_devices: int = 0) -> list[Device]:
     """Sets up the GPUs for a run (before any other TensorFlow work); returns those it uses.
 
     default: one device, the GPU --devices names or GPU 0 (the CPU without GPUs);
     mirrored: the GPUs --devices names, or all; multi_worker: all of this machine's.
+    A run that names only CPUs (or splits the CPU) sees no GPU at all.
     """
     physical = tf.config.list_physical_devices('GPU')
     wanted = [i for i in (_index(d) for d in devices) if i is not None]
+    if physical and (cpu_devices > 1 or (devices and not wanted)):
+        try:
+            tf.config.set_visible_devices([], 'GPU')
+        except RuntimeError:
+            out("note: TensorFlow's devices were set up before this run; using them as they are")
+        return describe([])
     if strategy == 'default' and len(devices) > 1:
         raise UserError('devices=%s: one device without distribution_strategy=mirrored'
                         % ','.join(devices), settings=('devices', 'distribution_strategy'))
@@ -81,7 +88,7 @@ def setup(strategy: str, devices: Sequence[str] = (), tf32: bool = True,
             tf.config.set_visible_devices(used, 'GPU')
     except RuntimeError:            # TensorFlow already started in this process (tests, notebooks)
         if physical:
-            out('note: TensorFlow\'s devices were set up before this run; using them as they are')
+            out("note: TensorFlow's devices were set up before this run; using them as they are")
     tf.config.experimental.enable_tensor_float_32_execution(tf32)
     return describe(used)
 

@@ -50,6 +50,36 @@ def local_add(variable, value):
     tf.raw_ops.AssignAddVariableOp(resource=variable.handle, value=tf.cast(value, variable.dtype))
 
 
+def is_peer_loss(error):
+    """Whether an error of PEER_ERRORS is a lost or unreachable worker, not a failure here.
+
+    Internal and Cancelled errors also come from this process's own kernels; they mean
+    a lost peer only when the coordination service or a collective says so.
+    """
+    if isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                          tf.errors.AbortedError)):
+        return True
+    text = str(error).lower()
+    return any(word in text for word in ('heartbeat', 'coordination', 'unhealthy', 'collective',
+                                         'connection', 'peer', 'task'))
+
+
+def check_same_step(cluster, step, ckpt_path):
+    """Refuses a multi_worker run whose workers restored different steps.
+
+    A worker that cannot read ckpt_path (no shared filesystem) would start from step
+    0 while the chief resumes, and their weights would part without a word.
+    """
+    local = float(step.numpy())
+    summed = cluster.strategy.reduce(
+        tf.distribute.ReduceOp.SUM,
+        cluster.strategy.run(lambda: tf.cast(tf.identity(step), tf.float32)), axis=None)
+    if float(summed) != local * cluster.replicas:
+        raise UserError('worker %d restored step %d, but the workers disagree on the step; '
+                        'ckpt_path=%s must be one folder every worker reads'
+                        % (cluster.worker_index, local, ckpt_path), settings=('ckpt_path',))
+
+
 def reason(error):
     """The useful part of a collective's error: 'recvmsg:Connection reset by peer', ..."""
     lines = str(error).strip().splitlines() + ['']
@@ -163,6 +193,8 @@ def make_cluster(name, devices=(), cpu_devices=0, worker_timeout=0, gpus=False):
     if name == 'default':
         return Cluster(tf.distribute.get_strategy(), name)
     if name == 'mirrored':
+        if gpus:
+            devices = ()                # every visible GPU: devices.setup() kept the run's own
         if not devices and cpu_devices > 1:
             devices = [d.name for d in tf.config.list_logical_devices('CPU')]
         known = {_device_key(d.name) for d in tf.config.list_logical_devices()}
@@ -171,8 +203,6 @@ def make_cluster(name, devices=(), cpu_devices=0, worker_timeout=0, gpus=False):
             raise UserError('devices=%s: no device %s here; this machine has %s'
                             % (','.join(devices), unknown[0], ', '.join(sorted(known))),
                             settings=('devices',))
-        if gpus:
-            devices = ()                # every visible GPU: devices.setup() kept the run's own
         all_reduce = tf.distribute.NcclAllReduce() if gpus else None
         return Cluster(tf.distribute.MirroredStrategy(list(devices) or None,
                                                       cross_device_ops=all_reduce), name)

@@ -35,9 +35,10 @@ class WeightAverage(tf.Module):
         t = tf.cast(step, tf.float32)
         return tf.minimum(self.decay, (1.0 + t) / (10.0 + t))
 
-    def update(self, net, step):
-        """Moves every average towards its variable of `net` (in the step, after the update)."""
-        d = self.rate(step)
+    def update(self, net, step, apply=True):
+        """Moves every average towards its variable of `net` (in the step, after the update);
+        with `apply` False (a skipped step) none moves."""
+        d = tf.where(apply, self.rate(step), 1.0)
         for average, source in zip(self.averages, net.variables):
             local_assign(average, d * average + (1.0 - d) * source)
 

@@ -152,11 +152,12 @@ class State:
     mean: tf.Variable
     loss_scale: precision.DynamicLossScale | None = None
     ema: WeightAverage | None = None
-    ema_net: tf.Module | None = None        # the averaged weights, built to be evaluated
 
-    def checkpoint(self, recipe):
+    def checkpoint(self, recipe, loss_scale=True, ema=True):
+        """Its tf.train.Checkpoint; loss_scale/ema False leave those out (older checkpoints)."""
         return checkpoint.make(self.model, self.mean, self.step, self.optimizer,
-                               recipe.to_json(), self.loss_scale, self.ema)
+                               recipe.to_json(), self.loss_scale if loss_scale else None,
+                               self.ema if ema else None)
 
 
 def build_state(model_config, recipe, cluster, dtype, mean):
@@ -175,13 +176,20 @@ def build_state(model_config, recipe, cluster, dtype, mean):
             loss_scale=precision.DynamicLossScale() if dtype == tf.float16 else None)
         if recipe.ema_decay:
             state.ema = WeightAverage(model, recipe.ema_decay)
-            state.ema_net = build(model_config, compute_dtype=dtype)
     return state
 
 
 def restore(state, recipe, saved, out):
-    """Restores a run's state from its latest checkpoint; says what changed in the recipe."""
-    checkpoint.restore(state.checkpoint(recipe), saved.prefix)
+    """Restores a run's state from its latest checkpoint; says what changed in the recipe.
+
+    A run resumed with weight averaging or float16 newly on starts its averages from
+    the restored weights, and its loss scale afresh.
+    """
+    checkpoint.restore(state.checkpoint(recipe, loss_scale=saved.has_loss_scale,
+                                        ema=saved.has_ema), saved.prefix)
+    if state.ema and not saved.has_ema:
+        for average, variable in zip(state.ema.averages, state.model.variables):
+            average.assign(variable.read_value())
     changes = recipe.changes_from(saved.training_json)
     if saved.training_json and changes:
         out('note: resuming with training settings that differ from the checkpoint\'s: %s'
@@ -215,7 +223,8 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
     the log folder.
     """
     # 1. Devices and strategy, before any other TensorFlow work.
-    used = devices.setup(options.distribution_strategy, options.devices, options.tf32, out)
+    used = devices.setup(options.distribution_strategy, options.devices, options.tf32, out,
+                         options.cpu_devices)
     on_gpu = any(d.kind == 'GPU' for d in used)
     cluster = distribution.make_cluster(options.distribution_strategy, options.devices,
                                         options.cpu_devices, options.worker_timeout, on_gpu)
@@ -250,6 +259,8 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
     if saved:
         restore(state, recipe, saved, out)
     start = int(state.step.numpy())
+    if cluster.name == 'multi_worker':
+        distribution.check_same_step(cluster, state.step, options.ckpt_path)
     out('%s: %s trainable parameters; %d training images, batch %d, %s, %s; %s'
         % (model_config.describe(), format(count_parameters(state.model), ','),
            data.images.shape[0], recipe.batch_size, dtype.name, cluster.describe(used),
@@ -276,9 +287,10 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
     outputs = Outputs(out, folders, manager, ckpt,
                       folders.summary_writer(options.logs, 'train'),
                       folders.summary_writer(options.logs, data.evaluation_split)
-                      if data.evaluation else None,
+                      if data.evaluation is not None and options.eval_every else None,
                       on_step, on_record, cluster.is_chief)
-    evaluate = _evaluation(state, data, options) if data.evaluation else None
+    evaluate = (_evaluation(state, data, options, model_config, dtype)
+                if data.evaluation is not None and options.eval_every else None)
     if cluster.is_chief:
         out('checkpoints: %s   TensorBoard: tensorboard --logdir=%s'
             % (options.ckpt_path, options.logs))
@@ -289,7 +301,7 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
             _loop(recipe, options, train_steps, window_end, agree, iter(batches), evaluate,
                   outputs, stop, result, data.evaluation_split)
     except distribution.PEER_ERRORS as e:
-        if cluster.name != 'multi_worker':
+        if cluster.name != 'multi_worker' or not distribution.is_peer_loss(e):
             raise
         raise UserError('worker %d: lost contact with the other workers (%s); the last '
                         'checkpoint is %s: start every worker again with the same command to '
@@ -297,7 +309,9 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
                                              result.checkpoint)) from None
     finally:
         folders.close()
-    outputs.writer.flush()
+        for writer in (outputs.writer, outputs.eval_writer):
+            if writer is not None:
+                writer.flush()
     if cluster.distributed:
         out('weights digest %s (the same on every worker of a synchronous run)'
             % distribution.weights_digest(cluster, state.model.trainable_variables))
@@ -322,14 +336,20 @@ def _use_xla(options, recipe, cluster, used):
     return options.jit_compile
 
 
-def _evaluation(state, data, options):
-    """A function: evaluate the live (or, with weight averaging, the averaged) net now."""
-    net = state.ema_net or state.model
-    evaluator = Evaluator(net, state.mean)
+def _evaluation(state, data, options, model_config, dtype):
+    """A function: evaluate the live (or, with weight averaging, the averaged) net now.
+
+    It evaluates a copy built outside the strategy, given the weights (and the batch-
+    norm statistics, averaged over the replicas) once per evaluation: the training net
+    under a strategy would reduce its statistics over the replicas at every batch.
+    """
+    net = build(model_config, compute_dtype=dtype)
+    evaluator = Evaluator(net, tf.Variable(state.mean.read_value(), trainable=False))
 
     def evaluate():
-        if state.ema:
-            state.ema.copy_to(state.ema_net)
+        sources = state.ema.averages if state.ema else state.model.variables
+        for target, source in zip(net.variables, sources):
+            target.assign(source.read_value())
         return evaluator(pipeline.eval_batches(*data.evaluation, options.eval_batch_size))
     return evaluate
 
@@ -389,10 +409,9 @@ def _loop(recipe, options, train_steps, window_end, agreed, iterator, evaluate, 
             vector = read(window_end(tf.constant([float(bool(stop.signum)), float(save_due)])))
             means = window_means(vector, current, window_steps)
             stopping, save = vector[-2] > 0, vector[-1] > 0 or vector[-2] > 0 or last
-            now = time.perf_counter()
-            rate = window_steps * recipe.batch_size / (now - window_start)
+            rate = window_steps * recipe.batch_size / (time.perf_counter() - window_start)
             means['images_per_second'] = rate
-            window_steps, window_start = 0, now
+            window_steps = 0
             _write_summaries(o.writer, means, current)
             o.out('step %d/%d  loss %.4f  accuracy %.3f  lr %g  %.0f img/s  left %s%s'
                   % (current, recipe.num_iterations, means['loss'], means['accuracy'],
@@ -420,6 +439,8 @@ def _loop(recipe, options, train_steps, window_end, agreed, iterator, evaluate, 
         if save:
             result.checkpoint = _save(o.folders, o.manager, o.ckpt, current, result.checkpoint)
             last_save_step, last_save_time = current, time.monotonic()
+        if logged:             # the next window's time starts after this one's evaluation and save
+            window_start = time.perf_counter()
         result.step = current
         if stopping:
             result.stopped_by = stop.signum or signal.SIGTERM     # another worker's request
@@ -434,24 +455,27 @@ def window_means(vector, current, steps):
     `vector` is what window_end read: the sums of METRICS, the counts of updated and
     skipped steps, the first step that updated with a non-finite loss (or -1), and
     the loss scale where there is one. Such a step (nan_policy 'stop') ends the run
-    before anything is saved, so the last checkpoint stays the last good one.
+    before anything is saved, so the last checkpoint stays the last good one. A window
+    whose every step was skipped ends it too, unless float16's loss scale is still
+    coming down to where the gradients fit.
     """
     sums = vector[:len(METRICS)]
     updated, skipped, first_bad = vector[len(METRICS):len(METRICS) + 3]
     if first_bad >= 0:
-        raise UserError('the loss became %s at step %d; stopped without saving, so the last '
-                        'checkpoint is the last good one (lower lr_values, or '
-                        'nan_policy=skip_step to skip such steps)'
-                        % (float(sums[0]), int(first_bad) + 1),
+        raise UserError('the loss became non-finite at step %d; stopped without saving, so the '
+                        'last checkpoint is the last good one (lower lr_values, or '
+                        'nan_policy=skip_step to skip such steps)' % (int(first_bad) + 1),
                         settings=('lr_values', 'nan_policy'))
-    if not updated:
+    loss_scale = float(vector[len(METRICS) + 3]) if len(vector) > len(METRICS) + 5 else None
+    if not updated and not (loss_scale and loss_scale > 1):    # float16's scale still adapts
         raise UserError('every step from %d to %d had a non-finite loss or gradient and was '
                         'skipped; stopped (lower lr_values)' % (current - steps + 1, current),
                         settings=('lr_values',))
-    means = {name: float(total / updated) for name, total in zip(METRICS, sums)}
+    means = {name: float(total / updated) if updated else float('nan')
+             for name, total in zip(METRICS, sums)}
     means['skipped_steps'] = int(skipped)
-    if len(vector) > len(METRICS) + 5:                  # a loss scale, before the two requests
-        means['loss_scale'] = float(vector[len(METRICS) + 3])
+    if loss_scale is not None:
+        means['loss_scale'] = loss_scale
     return means
 
 

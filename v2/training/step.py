@@ -21,6 +21,7 @@ import dataclasses
 import tensorflow as tf
 
 from v2.data import pipeline
+from v2.nets import layers
 from v2.nets.model import decayed_weights
 from v2.training.distribution import local_add, local_assign
 from v2.training.optimizer import Momentum
@@ -94,8 +95,13 @@ def make_train_steps(parts: StepParts, strategy=None, global_batch=None, jit_com
 
     With jit_compile the per-replica computation is compiled with XLA: all of it on
     one device, and around the all-reduce (which XLA does not compile across
-    devices) under a strategy of several replicas. With a loss_scale (float16) or
-    skip_non_finite, a step whose loss or gradients are not finite changes no weight.
+    devices) under a strategy of several replicas.
+
+    A step whose loss or gradients are not finite is skipped with skip_non_finite
+    (nan_policy 'skip_step'), and with a loss_scale when its gradients overflowed
+    (float16): no weight, momentum, batch-norm statistic or weight average changes,
+    and the Window counts it as skipped. Otherwise (nan_policy 'stop') such a step is
+    counted as bad, and the loop stops before anything is saved.
     """
     p = parts
     strategy = strategy or tf.distribute.get_strategy()
@@ -104,10 +110,18 @@ def make_train_steps(parts: StepParts, strategy=None, global_batch=None, jit_com
     decayed = decayed_weights(p.model)
     guarded = p.skip_non_finite or p.loss_scale is not None
     num_classes = p.model.config.num_classes
+    statistics = [v for m in p.model.submodules if isinstance(m, layers.BatchNorm)
+                  for v in (m.moving_mean, m.moving_variance)]
 
     def compute(images, labels):
-        """Forward and backward on this replica's share: (gradients, metric values)."""
-        batch = global_batch or tf.shape(labels)[0]
+        """Forward and backward on this replica's share: (gradients, metric values, and the
+        batch-norm statistics from before the forward pass where a step may be skipped)."""
+        before = [tf.identity(v.read_value()) for v in statistics] if guarded else []
+        batch = global_batch or tf.shape(labels)[0] * replicas
+        with tf.control_dependencies(before):
+            return _forward_backward(images, labels, batch) + (before,)
+
+    def _forward_backward(images, labels, batch):
         first = tf.distribute.get_replica_context().replica_id_in_sync_group * tf.shape(labels)[0]
         key = pipeline.step_key(p.seed, p.step)
         images = pipeline.prepare_batch(images, p.pixel_mean, key, first, batch, p.cutout)
@@ -130,23 +144,27 @@ def make_train_steps(parts: StepParts, strategy=None, global_batch=None, jit_com
         # Shares of the global batch's means: their sum over the replicas is the mean.
         return grads, tf.stack([loss, cross_entropy, l2, accuracy])
 
-    def finish(grads, shares):
-        """Update with the summed gradients; count the step's metrics."""
+    def finish(grads, shares, before):
+        """Update with the summed gradients (or skip the step); count its metrics."""
         learning_rate = p.schedule(p.step)
         if p.loss_scale:
             grads = [g / p.loss_scale.scale for g in grads]
-        finite = tf.math.is_finite(shares[0])
-        if guarded:
-            finite = tf.logical_and(finite, tf.reduce_all(
-                [tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
+        loss_finite = tf.math.is_finite(shares[0])
+        finite = tf.logical_and(loss_finite, tf.reduce_all(
+            [tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
+        updated = finite if guarded else tf.constant(True)
         p.optimizer.apply(grads, variables, learning_rate, finite if guarded else None)
+        for variable, old in zip(statistics, before):       # a skipped step's forward pass
+            local_assign(variable, tf.where(finite, variable, old))
         if p.ema:
-            p.ema.update(p.model, p.step)
+            p.ema.update(p.model, p.step, updated)
         if p.loss_scale:
             p.loss_scale.update(finite)
-        updated = finite if guarded else tf.constant(True)
-        p.window.add(tf.concat([shares, [learning_rate]], 0), updated,
-                     tf.logical_not(finite) & updated, p.step)
+        if p.skip_non_finite:
+            bad = tf.constant(False)
+        else:                  # 'stop'; with float16 an overflow of the gradients is skipped
+            bad = tf.logical_not(loss_finite if p.loss_scale else finite)
+        p.window.add(tf.concat([shares, [learning_rate]], 0), updated, bad, p.step)
         local_add(p.step, 1)
 
     if jit_compile:
@@ -156,11 +174,11 @@ def make_train_steps(parts: StepParts, strategy=None, global_batch=None, jit_com
         compute_fn, finish_fn = compute, finish
 
     def replica_step(images, labels):
-        grads, shares = compute_fn(images, labels)
+        grads, shares, before = compute_fn(images, labels)
         if replicas > 1:        # one batched all-reduce for the gradients and the metrics
             grads, shares = tf.distribute.get_replica_context().all_reduce(
                 tf.distribute.ReduceOp.SUM, (grads, shares))
-        finish_fn(grads, shares)
+        finish_fn(grads, shares, before)
 
     @tf.function
     def train_steps(iterator, n):
@@ -177,8 +195,8 @@ def make_window_end(window: Window, strategy, agree: bool, loss_scale=None):
     window_end(requests) returns [sums of METRICS..., updated, skipped, first_bad,
     (loss scale,) requests...] as one vector: one host read per logging window. With
     `agree` (multi_worker) each request flag (stop, save) is summed over the
-    workers, so that every worker stops or saves at the same step; a worker that did
-    alone would leave the others waiting in the next collective.
+    replicas of every worker, so that every worker stops or saves at the same step;
+    a worker that did alone would leave the others waiting in the next collective.
     """
     @tf.function
     def window_end(requests):
