@@ -102,6 +102,21 @@ def test_the_table_trains_every_depth_and_seed_and_evaluates_the_last_checkpoint
 
 
 @pytest.mark.slow
+def test_a_table_of_a_figures_resnets_trains_nothing_again(toy_run, session_data, tmp_path,
+                                                           capsys):
+    capsys.readouterr()
+    status, line = run('table', '--data_path=%s' % session_data, '--out=%s' % tmp_path,
+                       '--work_dir=%s' % (toy_run / 'work'), *TOY)
+    assert status == 0, line
+    assert capsys.readouterr().out.count('nothing to train') == 2
+    with open(toy_run / 'files' / 'figure6.csv') as f:
+        final = [float(r['error']) for r in csv.DictReader(f)
+                 if (r['network'], r['split'], r['step']) == ('resnet', 'test', '4')]
+    with open(tmp_path / 'table.csv') as f:
+        assert [float(r['test_error']) for r in csv.DictReader(f)] == pytest.approx(final)
+
+
+@pytest.mark.slow
 def test_the_switches_compare_each_option_with_the_recipe(session_data, tmp_path):
     status, line = run('switches', '--data_path=%s' % session_data, '--out=%s' % tmp_path,
                        '--seeds=1', '--num_layers=8', '--switches=cutout,tta',

@@ -21,7 +21,8 @@ figure6: He et al. 2015, Figure 6. The plain and the residual net of every depth
   grid through a Keras 3 model of the same nets instead (figure6_reference.*).
 table: the test error of the final checkpoint of every depth and seed, evaluated as
   run_evaluator.py does, beside the paper's (v2.tools.catalog.PAPER_ERRORS), labelled
-  with the images used: table.csv, table.json, table.md.
+  with the images used: table.csv, table.json, table.md. With figure6's recipe and
+  --work_dir it is made from figure6's ResNets, without training them again.
 switches: the recipe with each modern option on (label smoothing, a cosine schedule
   with linear warm-up, weight averaging, cutout, flip test-time augmentation) against
   the recipe itself, over the seeds: switches.csv, switches.json, switches.md.
@@ -162,7 +163,23 @@ def spec_of(recipe, config, **extra):
     shaping = json.loads(recipe.to_json())
     shaping.pop('seed')
     return dict(recipe=shaping, network=json.loads(dataclasses.replace(
-        config, num_layers=None).to_json()), **extra)
+        config, num_layers=None, shortcut_connections=True).to_json()), **extra)
+
+
+def grid_spec(recipe, config, train_images):
+    """The spec of figure6's and table's work_dirs: the same, so that a table can be made of
+    a figure's runs (--work_dir=runs/figure6) without training them again."""
+    return spec_of(recipe, config, record_every=FLAGS.log_per_iterations,
+                   eval_every=FLAGS.eval_every, data=train_images)
+
+
+def run_folder(folder, config, seed):
+    """<folder>/resnet56_seed2, plain20_seed1, wrn-16-8_seed3, ..."""
+    if config.model == 'resnet' and not config.bottleneck:
+        name = '%s%d' % ('resnet' if config.shortcut_connections else 'plain', config.num_layers)
+    else:
+        name = config.slug()
+    return os.path.join(folder, '%s_seed%d' % (name, seed))
 
 
 def train_run(run, data_path, index, count, **option_changes):
@@ -206,12 +223,12 @@ def figure6(out):
     reference = FLAGS.reference
     name = 'figure6_reference' if reference else 'figure6'
     folder = work_dir(name)
-    check_work_dir(folder, spec_of(recipe, base, record_every=FLAGS.log_per_iterations,
-                                   eval_every=FLAGS.eval_every, data=train_images))
+    check_work_dir(folder, grid_spec(recipe, base, train_images))
+    configs = {(network, depth): dataclasses.replace(base, num_layers=depth,
+                                                     shortcut_connections=network == 'resnet')
+               for depth in depths for network in networks}
     runs = [Run(dict(network=network, depth=depth, seed=seed),
-                os.path.join(folder, '%s%d_seed%d' % (network, depth, seed)),
-                dataclasses.replace(base, num_layers=depth,
-                                    shortcut_connections=network == 'resnet'),
+                run_folder(folder, configs[network, depth], seed), configs[network, depth],
                 dataclasses.replace(recipe, seed=seed))
             for depth in depths for network in networks for seed in seeds]
     rows = []
@@ -314,10 +331,9 @@ def table(out):
     base = check_depths(depths)
     recipe = flags.recipe()
     folder = work_dir('table')
-    check_work_dir(folder, spec_of(recipe, base, data=train_images))
+    check_work_dir(folder, grid_spec(recipe, base, train_images))
     runs = [Run(dict(depth=depth, seed=seed),
-                os.path.join(folder, '%s_seed%d' % (dataclasses.replace(
-                    base, num_layers=depth).slug(), seed)),
+                run_folder(folder, dataclasses.replace(base, num_layers=depth), seed),
                 dataclasses.replace(base, num_layers=depth), dataclasses.replace(recipe, seed=seed))
             for depth in depths for seed in seeds]
     rows = []
