@@ -192,3 +192,16 @@ def test_bad_commands_get_one_line_and_write_nothing(args, message, session_data
                        '--work_dir=%s' % (tmp_path / 'work'))
     assert status in (1, 2) and line.startswith('experiments.py: error: ') and message in line
     assert not (tmp_path / 'work').exists()
+
+
+@pytest.mark.slow
+def test_the_keras_reference_trains_the_same_grid(session_data, tmp_path):
+    status, line = run('figure6', '--reference', '--data_path=%s' % session_data,
+                       '--out=%s' % tmp_path, '--work_dir=%s' % (tmp_path / 'work'), '--noplot',
+                       *TOY[:1], '--seeds=1', *TOY[2:])
+    assert status == 0, line
+    with open(tmp_path / 'figure6_reference.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and {r['network'] for r in rows} == {'plain', 'resnet'}
+    summary = json.loads((tmp_path / 'figure6_reference.json').read_text())
+    assert summary['implementation'].startswith('Keras 3')
