@@ -117,11 +117,14 @@ def test_a_table_of_a_figures_resnets_trains_nothing_again(toy_run, session_data
 
 
 @pytest.mark.slow
-def test_the_switches_compare_each_option_with_the_recipe(session_data, tmp_path):
+def test_the_switches_compare_each_option_with_the_recipe(toy_run, session_data, tmp_path,
+                                                          capsys):
+    capsys.readouterr()
     status, line = run('switches', '--data_path=%s' % session_data, '--out=%s' % tmp_path,
                        '--seeds=1', '--num_layers=8', '--switches=cutout,tta',
-                       '--work_dir=%s' % (tmp_path / 'work'), *TOY[2:])
+                       '--work_dir=%s' % (toy_run / 'work'), *TOY[2:])
     assert status == 0, line
+    assert capsys.readouterr().out.count('nothing to train') == 1    # figure6's ResNet-8
     summary = json.loads((tmp_path / 'switches.json').read_text())
     assert [e['variant'] for e in summary['results']] == ['default', 'cutout', 'tta']
     assert '| cutout | cutout of 16x16' in (tmp_path / 'switches.md').read_text()

@@ -25,7 +25,9 @@ table: the test error of the final checkpoint of every depth and seed, evaluated
   --work_dir it is made from figure6's ResNets, without training them again.
 switches: the recipe with each modern option on (label smoothing, a cosine schedule
   with linear warm-up, weight averaging, cutout, flip test-time augmentation) against
-  the recipe itself, over the seeds: switches.csv, switches.json, switches.md.
+  the recipe itself, over the seeds: switches.csv, switches.json, switches.md. Its
+  default runs are figure6's and table's: with their --work_dir they are not trained
+  again.
 architecture: architecture.json, the ResNet-20 we build, read from the model
   (v2.tools.anatomy); drawn as architecture.png.
 """
@@ -416,14 +418,16 @@ def switches(out):
     config = flags.model_config()
     recipe = flags.recipe()
     folder = work_dir('switches')
-    check_work_dir(folder, spec_of(recipe, config, data=train_images,
-                                   depth=config.num_layers))
+    check_work_dir(folder, grid_spec(recipe, config, train_images))
     variants = ['default'] + chosen
     trained = [v for v in variants if v != 'tta']
-    runs = {(v, seed): Run(dict(variant=v, seed=seed),
-                           os.path.join(folder, '%s_seed%d' % (v, seed)), config,
-                           dataclasses.replace(switched(recipe, v), seed=seed))
-            for v in trained for seed in seeds}
+
+    def run_of(variant, seed):          # the default runs are figure6's and table's
+        default = run_folder(folder, config, seed)
+        return Run(dict(variant=variant, seed=seed), default if variant == 'default' else
+                   os.path.join(folder, '%s_%s' % (variant, os.path.basename(default))),
+                   config, dataclasses.replace(switched(recipe, variant), seed=seed))
+    runs = {(v, seed): run_of(v, seed) for v in trained for seed in seeds}
     rows = []
     for i, ((variant, seed), run) in enumerate(sorted(runs.items()), 1):
         train_run(run, data_path, i, len(runs))
