@@ -46,6 +46,10 @@ flags.DEFINE_enum('shortcut_type', None, list(layers.SHORTCUT_TYPES),
                   'resnet, B for bottleneck resnet, wide_resnet and imagenet_resnet).')
 flags.DEFINE_boolean('shortcut_connections', True,
                      'Add the shortcuts; False gives the plain net of He et al. 2015, Figure 6.')
+flags.DEFINE_enum('strided_padding', 'symmetric', list(layers.STRIDED_PADDINGS),
+                  'Where a strided convolution centres its window. symmetric: one pixel of '
+                  'zeros on every side, as the papers\' Torch code, on the pixel the shortcut '
+                  'keeps; tf_same: TensorFlow\'s SAME, one pixel off (checkpoints before 2026-11).')
 flags.DEFINE_integer('widen_factor', 1, 'wide_resnet: k of WRN-d-k.', lower_bound=1)
 flags.DEFINE_float('dropout_rate', 0.0, 'Dropout between the convs of basic units (WRN).',
                    lower_bound=0.0, upper_bound=0.99)
@@ -210,7 +214,8 @@ flags.DEFINE_list('switches', [], 'switches: the modern options to compare with 
 
 DATA_AND_NETWORK = ('data_path', 'dataset', 'coarse_labels', 'model', 'num_layers',
                     'resnet_version', 'bottleneck', 'shortcut_type', 'shortcut_connections',
-                    'widen_factor', 'dropout_rate', 'eval_batch_size', 'precision')
+                    'strided_padding', 'widen_factor', 'dropout_rate', 'eval_batch_size',
+                    'precision')
 RECIPE = ('batch_size', 'num_iterations', 'weight_decay', 'momentum', 'nesterov', 'lr_values',
           'lr_boundaries', 'lr_decay', 'warmup_iterations', 'warmup_lr', 'warmup', 'seed',
           'deterministic', 'nan_policy', 'sync_batch_norm', 'bn_momentum', 'zero_init_residual',
@@ -235,13 +240,14 @@ ALL = tuple(dict.fromkeys(TRAINER + EVALUATOR + BENCHMARK + STEP_VARIANTS + EXPE
 # Flags that do not apply to a family, refused when given explicitly.
 NOT_FOR = {
     'vgg': ('resnet_version', 'bottleneck', 'shortcut_type', 'shortcut_connections',
-            'widen_factor', 'dropout_rate'),
+            'strided_padding', 'widen_factor', 'dropout_rate'),
     'imagenet_resnet': ('bottleneck', 'widen_factor'),
     'resnet': ('widen_factor',),
     'wide_resnet': ('bottleneck',),
 }
 ARCHITECTURE = ('model', 'num_layers', 'resnet_version', 'bottleneck', 'shortcut_type',
-                'shortcut_connections', 'widen_factor', 'dropout_rate', 'dataset', 'coarse_labels')
+                'shortcut_connections', 'strided_padding', 'widen_factor', 'dropout_rate',
+                'dataset', 'coarse_labels')
 
 
 def _dataset_name():
@@ -259,7 +265,8 @@ def architecture_values():
                 resnet_version=int(FLAGS.resnet_version), bottleneck=FLAGS.bottleneck,
                 shortcut_type=FLAGS.shortcut_type,
                 shortcut_connections=FLAGS.shortcut_connections,
-                widen_factor=FLAGS.widen_factor, dropout_rate=FLAGS.dropout_rate,
+                strided_padding=FLAGS.strided_padding, widen_factor=FLAGS.widen_factor,
+                dropout_rate=FLAGS.dropout_rate,
                 dataset=dataset, num_classes=cifar.DATASETS[dataset].num_classes)
 
 

@@ -126,7 +126,8 @@ def validate(config):
                         settings=('widen_factor',))
     if c.strided_padding not in layers.STRIDED_PADDINGS:
         raise UserError('strided_padding=%s: expected one of %s'
-                        % (c.strided_padding, '|'.join(layers.STRIDED_PADDINGS)))
+                        % (c.strided_padding, '|'.join(layers.STRIDED_PADDINGS)),
+                        settings=('strided_padding',))
     units_per_stage(c)
 
 

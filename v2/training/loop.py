@@ -197,12 +197,12 @@ def restore(state, recipe, saved, out):
 
 
 def keep_strided_padding(saved, model_config, out):
-    """A checkpoint from before the symmetric strided padding goes on training with its own."""
+    """A checkpoint goes on training with the strided padding it was trained with (those
+    from before the symmetric padding have TensorFlow's SAME)."""
     if saved.config.strided_padding == model_config.strided_padding:
         return model_config
-    out('note: %s was trained with TensorFlow\'s SAME padding at its strided convolutions '
-        '(checkpoints before the symmetric padding); it goes on with that padding'
-        % saved.prefix)
+    out('note: %s was trained with strided_padding=%s; it goes on with that padding'
+        % (saved.prefix, saved.config.strided_padding))
     return dataclasses.replace(model_config, strided_padding=saved.config.strided_padding)
 
 

@@ -53,7 +53,8 @@ class Schedule:
             raise UserError('warmup=%s: expected one of %s' % (self.warmup, '|'.join(WARMUPS)),
                             settings=('warmup',))
         if self.decay == 'cosine' and self.cosine_steps <= self.warmup_iterations:
-            raise UserError('lr_decay=cosine needs num_iterations (%d) above warmup_iterations=%d'
+            raise UserError('lr_decay=cosine needs more steps than the warm-up: '
+                            'num_iterations=%d is not above warmup_iterations=%d'
                             % (self.cosine_steps, self.warmup_iterations),
                             settings=('lr_decay', 'num_iterations', 'warmup_iterations'))
 
