@@ -61,6 +61,44 @@ def test_an_interrupted_run_resumes_to_the_same_weights_bit_for_bit(session_data
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
+@pytest.mark.parametrize('cutout', [0, 4])
+def test_batches_prepared_on_the_host_train_the_weights_the_device_path_does(session_data,
+                                                                             tmp_path,
+                                                                             monkeypatch, cutout):
+    recipe = tiny_recipe(num_iterations=4, deterministic=True, cutout=cutout)
+    chosen = []
+    prepare_where = loop.training_batches
+
+    def forced(on_host):
+        def training_batches(data, recipe, start, _, mean):
+            chosen.append(on_host)
+            return prepare_where(data, recipe, start, on_host, mean)
+        return training_batches
+    results = []
+    for on_host in (True, False):
+        monkeypatch.setattr(loop, 'training_batches', forced(on_host))
+        results.append(loop.train(TINY, recipe, tiny_options(tmp_path / str(on_host)),
+                                  str(session_data), out=quiet).checkpoint)
+    assert chosen == [True, False]
+    host, device = all_tensors(results[0]), all_tensors(results[1])
+    for key in host:
+        np.testing.assert_array_equal(host[key], device[key], err_msg=key)
+
+
+def test_a_one_cpu_run_prepares_its_batches_on_the_host(session_data, tmp_path, monkeypatch):
+    seen = []
+    prepare_where = loop.training_batches
+
+    def spy(data, recipe, start, on_host, mean):
+        batches = prepare_where(data, recipe, start, on_host, mean)
+        seen.append((on_host, batches.element_spec[0].dtype))
+        return batches
+    monkeypatch.setattr(loop, 'training_batches', spy)
+    loop.train(TINY, tiny_recipe(num_iterations=2), tiny_options(tmp_path), str(session_data),
+               out=quiet)
+    assert seen == [(True, tf.float32)]
+
+
 def test_saves_come_at_their_cadence_at_the_end_and_on_a_stop_request(session_data, tmp_path):
     result = loop.train(TINY, tiny_recipe(num_iterations=10),
                         tiny_options(tmp_path, log_per_iterations=2, save_every=4,

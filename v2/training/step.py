@@ -1,8 +1,8 @@
 """The traced training step, and the device-side sums of its metrics.
 
 One call of the function make_train_steps returns runs n steps: each pulls a uint8
-batch, normalises and augments it on the device (v2.data.pipeline.prepare_batch),
-computes the loss and its gradients, applies the momentum update and adds the
+batch, normalises and augments it on the device (v2.data.pipeline.prepare_batch;
+a float32 batch comes prepared by the input pipeline, as on a CPU), computes the loss and its gradients, applies the momentum update and adds the
 step's metrics to sums kept on the device (Window). Nothing is read back to the
 host during a call; the loop reads the sums once per logging window. On a GPU the
 host therefore only enqueues work.
@@ -122,9 +122,11 @@ def make_train_steps(parts: StepParts, strategy=None, global_batch=None, jit_com
             return _forward_backward(images, labels, batch) + (before,)
 
     def _forward_backward(images, labels, batch):
-        first = tf.distribute.get_replica_context().replica_id_in_sync_group * tf.shape(labels)[0]
-        key = pipeline.step_key(p.seed, p.step)
-        images = pipeline.prepare_batch(images, p.pixel_mean, key, first, batch, p.cutout)
+        if images.dtype == tf.uint8:         # else prepared by the input pipeline already
+            first = (tf.distribute.get_replica_context().replica_id_in_sync_group
+                     * tf.shape(labels)[0])
+            key = pipeline.step_key(p.seed, p.step)
+            images = pipeline.prepare_batch(images, p.pixel_mean, key, first, batch, p.cutout)
         with tf.GradientTape() as tape:
             logits = p.model(images, training=True)
             if p.label_smoothing:
