@@ -119,8 +119,9 @@ IN_SUBPROCESS = {
 }
 
 
-def time_steps(net, batch_size, steps, windows):
-    """Images/second of each window of `steps` steps on one in-memory batch (after a warm-up)."""
+def step_timer(net, batch_size):
+    """A function timing windows of the traced step of `net` on one in-memory batch; traced
+    once here, so that the rounds alternate the variants without tracing them again."""
     parts = StepParts(model=net, optimizer=Momentum(net.trainable_variables),
                       schedule=flags.recipe().schedule, step=tf.Variable(0, dtype=tf.int64),
                       window=Window(), pixel_mean=tf.Variable(tf.zeros([32, 32, 3])))
@@ -131,13 +132,17 @@ def time_steps(net, batch_size, steps, windows):
     batches = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
     train_steps(batches, tf.constant(3, tf.int64))
     window_end(tf.zeros([2])).numpy()
-    rates = []
-    for _ in range(windows):
-        start = time.perf_counter()
-        train_steps(batches, tf.constant(steps, tf.int64))
-        window_end(tf.zeros([2])).numpy()
-        rates.append(steps * batch_size / (time.perf_counter() - start))
-    return rates
+
+    def time_windows(steps, windows):
+        """Images/second of each window of `steps` steps."""
+        rates = []
+        for _ in range(windows):
+            start = time.perf_counter()
+            train_steps(batches, tf.constant(steps, tf.int64))
+            window_end(tf.zeros([2])).numpy()
+            rates.append(steps * batch_size / (time.perf_counter() - start))
+        return rates
+    return time_windows
 
 
 def subprocess_rates(name, argv):
@@ -158,15 +163,14 @@ def main(argv):
     recipe = flags.recipe()
     dtype = precision_lib.compute_dtype(recipe.precision)
     names = list(FLAGS.variants) or list(IN_PROCESS) + list(IN_SUBPROCESS)
-    nets = {name: model.build(config, compute_dtype=dtype, norm_class=IN_PROCESS[name])
-            for name in names
-            if name in IN_PROCESS}
+    timers = {name: step_timer(model.build(config, compute_dtype=dtype,
+                                           norm_class=IN_PROCESS[name]), recipe.batch_size)
+              for name in names if name in IN_PROCESS}
     rates = {name: [] for name in names}
     for _ in range(FLAGS.rounds):
         for name in names:
             if name in IN_PROCESS:
-                rates[name] += time_steps(nets[name], recipe.batch_size, FLAGS.window_steps,
-                                          FLAGS.windows)
+                rates[name] += timers[name](FLAGS.window_steps, FLAGS.windows)
             else:
                 rates[name] += subprocess_rates(name, sys.argv)
     if FLAGS.machine_readable:
