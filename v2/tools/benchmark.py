@@ -180,7 +180,7 @@ def time_keras(model_config, recipe, data_path, precision, timing):
                 ends.append(time.perf_counter())
 
         net.fit(batches, epochs=timing.warmup_windows + timing.windows,
-                steps_per_epoch=timing.steps, verbose=0, callbacks=[Timer()])
+                steps_per_epoch=timing.steps, shuffle=False, verbose=0, callbacks=[Timer()])
         rates = [timing.steps * recipe.batch_size / (b - a) for a, b in zip(ends, ends[1:])]
         return timing.timed(rates), bool(net.jit_compile)
     finally:

@@ -127,6 +127,6 @@ def fit_reference(config, recipe, data_path, record_every, on_record, out=print)
                        100 * accuracy))
 
         net.fit(batches, epochs=recipe.num_iterations // record_every,
-                steps_per_epoch=record_every, verbose=0, callbacks=[Record()])
+                steps_per_epoch=record_every, shuffle=False, verbose=0, callbacks=[Record()])
     finally:
         set_precision('float32')
