@@ -2,8 +2,9 @@
 
 The training set is held in memory as uint8. The pipeline only draws each step's
 batch (a gather of uint8 images and their labels); prepare_batch then normalises
-and augments it inside the training step, on the device that trains, so only
-uint8 bytes (a quarter of float32's) cross from the host. The order of every
+and augments it inside the training step, on the GPU that trains, so only uint8
+bytes (a quarter of float32's) cross from the host. On a CPU, augmented_batches
+does the same in tf.data's threads, beside the step. The order of every
 epoch and the augmentation of every batch are pure functions of (seed, step), so
 a run resumed at step k sees exactly the batches it would have seen without the
 interruption.

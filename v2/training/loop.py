@@ -430,7 +430,7 @@ def _loop(recipe, options, train_steps, window_end, agreed, iterator, evaluate, 
             means['images_per_second'] = rate
             window_steps = 0
             _write_summaries(o.writer, means, current)
-            o.out('step %d/%d  loss %.4f  accuracy %.3f  lr %g  %.0f img/s  left %s%s'
+            o.out('step %d/%d  loss %.4f  accuracy %.3f  lr %.6g  %.0f img/s  left %s%s'
                   % (current, recipe.num_iterations, means['loss'], means['accuracy'],
                      means['learning_rate'], rate,
                      format_duration((recipe.num_iterations - current) * recipe.batch_size

@@ -2,9 +2,10 @@
 
 One call of the function make_train_steps returns runs n steps: each pulls a uint8
 batch, normalises and augments it on the device (v2.data.pipeline.prepare_batch;
-a float32 batch comes prepared by the input pipeline, as on a CPU), computes the loss and its gradients, applies the momentum update and adds the
-step's metrics to sums kept on the device (Window). Nothing is read back to the
-host during a call; the loop reads the sums once per logging window. On a GPU the
+a float32 batch comes prepared by the input pipeline, as on a CPU), computes the
+loss and its gradients, applies the momentum update and adds the step's metrics
+to sums kept on the device (Window). Nothing is read back to the host during a
+call; the loop reads the sums once per logging window. On a GPU the
 host therefore only enqueues work.
 
 The loss is the mean cross-entropy (with label_smoothing: against the smoothed
