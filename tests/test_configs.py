@@ -23,6 +23,8 @@ EXPECTED = {
                                           num_iterations=78000)),
     'wrn_40_4.flags': ('WRN-40-4', dict(nesterov=True)),
     'wrn_16_8.flags': ('WRN-16-8', dict(nesterov=True)),
+    'figure6.flags': ('ResNet-110 v1', dict(num_iterations=3200, warmup_iterations=400,
+                                            warmup='linear', deterministic=True)),
 }
 
 

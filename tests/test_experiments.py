@@ -130,6 +130,11 @@ def test_the_switches_compare_each_option_with_the_recipe(toy_run, session_data,
     assert '| cutout | cutout of 16x16' in (tmp_path / 'switches.md').read_text()
 
 
+def test_results_show_a_spread_only_where_there_are_seeds_to_spread():
+    assert experiments.percent([0.25, 0.35]) == '30.00 ± 7.07'
+    assert experiments.percent([0.2901]) == '29.01'
+
+
 def test_points_after_the_checkpoint_a_run_resumes_from_are_dropped(tmp_path):
     step = tf.Variable(0, dtype=tf.int64)
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(step=step), str(tmp_path), 3)

@@ -204,8 +204,9 @@ def mean_std(values):
 
 
 def percent(values):
+    """'mean ± std' in percent; one run has no spread to show."""
     mean, std = mean_std(values)
-    return '%.2f ± %.2f' % (100 * mean, 100 * std)
+    return '%.2f ± %.2f' % (100 * mean, 100 * std) if len(values) > 1 else '%.2f' % (100 * mean)
 
 
 # --- figure6 -------------------------------------------------------------------------------
