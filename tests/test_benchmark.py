@@ -39,3 +39,12 @@ def test_benchmark_prints_every_figure(session_data, capsys):
                  'each convolution alone', 'convolutions alone', 'conv ceiling'):
         assert text in out, text
     quiet(out)
+
+
+def test_step_variants_refuses_an_unknown_variant_in_one_line():
+    from v2.tools import step_variants
+    status, line = app.call(step_variants.main, ['step_variants.py', '--num_layers=8',
+                                                 '--variants=trainer,fused'], flags.STEP_VARIANTS)
+    assert status == 1
+    assert line == ('step_variants.py: error: --variants=fused: expected some of trainer,xla,'
+                    'custom_gradient,no_onednn,no_remapper,no_layout_optimizer')

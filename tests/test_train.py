@@ -193,7 +193,8 @@ def test_a_checkpoint_from_before_the_symmetric_padding_trains_on_with_its_own(s
 
 def test_a_non_finite_loss_stops_without_writing_a_checkpoint(session_data, tmp_path):
     bad = tiny_recipe(schedule=Schedule(boundaries=(), values=(1e30,)))
-    with pytest.raises(UserError, match=r'the loss became non-finite at step \d') as caught:
+    with pytest.raises(UserError,
+                       match=r'the loss or its gradients became non-finite at step \d') as caught:
         loop.train(TINY, bad, tiny_options(tmp_path), str(session_data), out=quiet)
     assert '--nan_policy=skip_step' in caught.value.flag_message()
     assert tf.train.latest_checkpoint(str(tmp_path / 'ckpt')) is None

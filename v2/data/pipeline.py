@@ -3,8 +3,8 @@
 The training set is held in memory as uint8. The pipeline only draws each step's
 batch (a gather of uint8 images and their labels); prepare_batch then normalises
 and augments it inside the training step, on the GPU that trains, so only uint8
-bytes (a quarter of float32's) cross from the host. On a CPU, augmented_batches
-does the same in tf.data's threads, beside the step. The order of every
+bytes (a quarter of float32's) cross from the host. A run on one CPU has
+augmented_batches do the same in tf.data's threads, beside the step. The order of every
 epoch and the augmentation of every batch are pure functions of (seed, step), so
 a run resumed at step k sees exactly the batches it would have seen without the
 interruption.
@@ -130,8 +130,9 @@ def augmented_batches(images, labels, mean, batch_size, seed, start_step, num_st
                       cutout_size=0):
     """train_batches prepared on the host: float32 batches as the training step sees them.
 
-    For code that takes ready batches (a Keras model's fit, the tests); the trainer
-    itself prepares each batch inside its step, on the device.
+    What a one-CPU training run feeds its step (tf.data's threads work beside it), and
+    what code that takes ready batches uses (a Keras model's fit, the tests). On a GPU,
+    and under a distribution strategy, the step prepares each batch itself.
     """
     steps = tf.data.Dataset.range(start_step, num_steps)
     batches = train_batches(images, labels, batch_size, seed, start_step, num_steps)

@@ -305,8 +305,7 @@ def summary_lines(summary):
     for e in summary:
         lines.append('%-8s %5d  %-22s %-22s' % (
             e['network'], e['depth'],
-            '%.2f%% +- %.2f' % (100 * e['train']['mean'], 100 * e['train']['std']),
-            '%.2f%% +- %.2f' % (100 * e['test']['mean'], 100 * e['test']['std'])))
+            percent(e['train']['per_seed']) + '%', percent(e['test']['per_seed']) + '%'))
     return lines
 
 
@@ -476,7 +475,7 @@ COMMANDS = {'figure6': figure6, 'table': table, 'switches': switches,
 def main(argv):
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise UserError('expected one command, %s (e.g. python -m v2.tools.experiments figure6 '
-                        '--flagfile=configs/figure6.flags --data_path=../shared/cifar10)'
+                        '--flagfile=configs/figure6.flags --data_path=D)'
                         % ' or '.join(COMMANDS))
     written = COMMANDS[argv[1]](FLAGS.out)
     if FLAGS.plot and argv[1] in ('figure6', 'architecture'):

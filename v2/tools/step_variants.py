@@ -3,10 +3,12 @@
   python -m v2.tools.step_variants --num_layers=20 --precision=bfloat16
   python -m v2.tools.step_variants --num_layers=110 --precision=bfloat16 --rounds=3
 
-About a third of a ResNet-20 step on a 2-core CPU is not convolution: batch norm
+Part of a CPU step is not convolution (v2.tools.benchmark's conv-only bound says how
+much: 11-14% on a 2-core AMD EPYC, about a third on an Intel CPU with AMX): batch norm
 forward and backward, the ReLU and its gradient, the residual additions. TensorFlow
 runs each as its own kernel, each a pass over memory. This tool times the same
-traced step (one in-memory batch, the trainer's make_train_steps) with batch norm
+traced step (the trainer's make_train_steps, fed one in-memory uint8 batch that it
+prepares itself, as on a GPU; the recipe's decay and seed) with batch norm
 and ReLU done other ways, alternating the variants within one process so that
 they share the machine's state, and prints each one's images/second against the
 trainer's. Variants that need another process (TensorFlow's oneDNN switches and
@@ -26,6 +28,7 @@ import time
 import tensorflow as tf
 
 from v2.cli import app, flags
+from v2.errors import UserError
 from v2.nets import layers, model
 from v2.training import precision as precision_lib
 from v2.training.optimizer import Momentum
@@ -122,9 +125,12 @@ IN_SUBPROCESS = {
 def step_timer(net, batch_size):
     """A function timing windows of the traced step of `net` on one in-memory batch; traced
     once here, so that the rounds alternate the variants without tracing them again."""
+    recipe = flags.recipe()
     parts = StepParts(model=net, optimizer=Momentum(net.trainable_variables),
-                      schedule=flags.recipe().schedule, step=tf.Variable(0, dtype=tf.int64),
-                      window=Window(), pixel_mean=tf.Variable(tf.zeros([32, 32, 3])))
+                      schedule=recipe.schedule, step=tf.Variable(0, dtype=tf.int64),
+                      window=Window(), pixel_mean=tf.Variable(tf.zeros([32, 32, 3])),
+                      weight_decay=recipe.weight_decay, seed=recipe.seed,
+                      label_smoothing=recipe.label_smoothing, cutout=recipe.cutout)
     train_steps = make_train_steps(parts, global_batch=batch_size)
     window_end = make_window_end(parts.window, tf.distribute.get_strategy(), False)
     images = tf.cast(tf.random.uniform([batch_size, 32, 32, 3], 0, 256, tf.int32), tf.uint8)
@@ -163,6 +169,11 @@ def main(argv):
     recipe = flags.recipe()
     dtype = precision_lib.compute_dtype(recipe.precision)
     names = list(FLAGS.variants) or list(IN_PROCESS) + list(IN_SUBPROCESS)
+    unknown = [n for n in names if n not in IN_PROCESS and n not in IN_SUBPROCESS]
+    if unknown:
+        raise UserError('variants=%s: expected some of %s'
+                        % (','.join(unknown), ','.join([*IN_PROCESS, *IN_SUBPROCESS])),
+                        settings=('variants',))
     timers = {name: step_timer(model.build(config, compute_dtype=dtype,
                                            norm_class=IN_PROCESS[name]), recipe.batch_size)
               for name in names if name in IN_PROCESS}

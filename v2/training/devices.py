@@ -64,15 +64,16 @@ def setup(strategy: str, devices: Sequence[str] = (), tf32: bool = True,
     """
     physical = tf.config.list_physical_devices('GPU')
     wanted = [i for i in (_index(d) for d in devices) if i is not None]
+    if strategy == 'default' and len(devices) > 1:
+        raise UserError('devices=%s: one device without distribution_strategy=mirrored'
+                        % ','.join(devices), settings=('devices', 'distribution_strategy'))
     if physical and (cpu_devices > 1 or (devices and not wanted)):
         try:
             tf.config.set_visible_devices([], 'GPU')
         except RuntimeError:
             out("note: TensorFlow's devices were set up before this run; using them as they are")
+            return describe(physical)
         return describe([])
-    if strategy == 'default' and len(devices) > 1:
-        raise UserError('devices=%s: one device without distribution_strategy=mirrored'
-                        % ','.join(devices), settings=('devices', 'distribution_strategy'))
     for i in wanted:
         if i >= len(physical):
             raise UserError('devices=%s: no device /gpu:%d here; this machine has %d GPU%s'

@@ -470,7 +470,7 @@ def window_means(vector, current, steps):
     """The means of a window's metrics over the steps that updated the weights.
 
     `vector` is what window_end read: the sums of METRICS, the counts of updated and
-    skipped steps, the first step that updated with a non-finite loss (or -1), and
+    skipped steps, the first step with a non-finite loss or gradient (or -1), and
     the loss scale where there is one. Such a step (nan_policy 'stop') ends the run
     before anything is saved, so the last checkpoint stays the last good one. A window
     whose every step was skipped ends it too, unless float16's loss scale is still
@@ -479,8 +479,9 @@ def window_means(vector, current, steps):
     sums = vector[:len(METRICS)]
     updated, skipped, first_bad = vector[len(METRICS):len(METRICS) + 3]
     if first_bad >= 0:
-        raise UserError('the loss became non-finite at step %d; stopped without saving, so the '
-                        'last checkpoint is the last good one (lower lr_values, or '
+        raise UserError('the loss or its gradients became non-finite at step %d; stopped '
+                        'without saving, so the last checkpoint is the last good one (lower '
+                        'lr_values, or '
                         'nan_policy=skip_step to skip such steps)' % (int(first_bad) + 1),
                         settings=('lr_values', 'nan_policy'))
     loss_scale = float(vector[len(METRICS) + 3]) if len(vector) > len(METRICS) + 5 else None
@@ -501,7 +502,7 @@ def _save(folders, manager, ckpt, current, last_good):
     try:
         return folders.save(manager, ckpt, current)
     except (OSError, tf.errors.OpError) as e:
-        if isinstance(e, distribution.PEER_ERRORS) and folders.cluster.name == 'multi_worker':
+        if distribution.is_peer_loss(e) and folders.cluster.name == 'multi_worker':
             raise                       # a lost worker, not a disk problem: train() reports it
         raise UserError('could not save the checkpoint of step %d in %s (%s); the last good '
                         'checkpoint is %s' % (current, manager.directory,

@@ -52,8 +52,8 @@ class Window(tf.Module):
     def add(self, values, updated, bad, step):
         """Adds one step: its metric values if it updated the weights, else a skip.
 
-        `bad` marks a step that updated the weights with a non-finite loss; the first
-        such step is kept, so that the loop can name it.
+        `bad` marks a step with a non-finite loss or gradient that nan_policy 'stop' ends
+        the run on; the first such step is kept, so that the loop can name it.
         """
         local_add(self.sums, tf.where(updated, values, tf.zeros_like(values)))
         local_add(self.updated, tf.cast(updated, tf.float32))
