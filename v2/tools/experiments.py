@@ -444,9 +444,10 @@ def switches(out):
         entries.append(dict(variant=variant, test_errors=errors,
                             change=statistics.mean(errors) - statistics.mean(default),
                             what=SWITCHES.get(variant, 'the recipe as it is')))
-    lines = ['%s, %d iterations, %d seeds; %s. Test error (%%) of the final checkpoint, mean ± '
-             'std over seeds, and its change against the default recipe.'
-             % (config.describe(), recipe.num_iterations, len(seeds), label), '',
+    lines = ['%s, %d iterations, %d seed%s; %s. Test error (%%) of the final checkpoint (mean '
+             '± std over seeds), and its change against the default recipe.'
+             % (config.describe(), recipe.num_iterations, len(seeds),
+                '' if len(seeds) == 1 else 's', label), '',
              '| switch | what | test error | change |', '|---|---|---:|---:|']
     lines += ['| %s | %s | %s | %+.2f |' % (e['variant'], e['what'], percent(e['test_errors']),
                                            100 * e['change']) for e in entries]
