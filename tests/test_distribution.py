@@ -1,7 +1,8 @@
 """tf.distribute: mirrored over two logical CPUs, multi_worker over two local processes.
 
 Every process a test starts is bounded by a timeout and killed in `finally`; ports are
-chosen free by binding to port 0. All but the unit test of the batch split are slow.
+chosen free by binding to port 0. All but the unit tests (the batch split, what counts as
+a lost peer) are slow.
 """
 
 import json
@@ -63,6 +64,22 @@ def test_worker_batches_cut_the_global_batch_in_replica_order():
     # Worker 1 of 2 holds rows 8..15 of every global batch; its two replicas 4 rows each.
     assert got == [[8, 9, 10, 11], [12, 13, 14, 15], [108, 109, 110, 111], [112, 113, 114, 115],
                    [208, 209, 210, 211], [212, 213, 214, 215]]
+
+
+@pytest.mark.parametrize('error, lost', [
+    (tf.errors.UnavailableError(None, None, 'recvmsg:Connection reset by peer'), True),
+    (tf.errors.DeadlineExceededError(None, None, 'Collective timed out'), True),
+    (tf.errors.InternalError(None, None, 'Collective ops is aborted by: The following tasks '
+                             'are unhealthy (stopped sending heartbeats)'), True),
+    (tf.errors.CancelledError(None, None, 'Cancelled by the coordination service'), True),
+    # this worker's own kernel failing: its device names a task, but no peer is lost
+    (tf.errors.InternalError(None, None, 'Failed to launch the convolution on '
+                             '/job:worker/replica:0/task:1/device:GPU:0'), False),
+    (tf.errors.CancelledError(None, None, 'Function was cancelled before it was started'),
+     False),
+])
+def test_a_lost_peer_is_told_from_a_failure_here(error, lost):
+    assert distribution.is_peer_loss(error) is lost
 
 
 @pytest.mark.slow

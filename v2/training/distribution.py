@@ -54,14 +54,16 @@ def is_peer_loss(error):
     """Whether an error of PEER_ERRORS is a lost or unreachable worker, not a failure here.
 
     Internal and Cancelled errors also come from this process's own kernels; they mean
-    a lost peer only when the coordination service or a collective says so.
+    a lost peer only when the coordination service or a collective says so. Every
+    error of a worker names its device (/job:worker/replica:0/task:0/...), so 'task'
+    alone says nothing.
     """
     if isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
                           tf.errors.AbortedError)):
         return True
     text = str(error).lower()
     return any(word in text for word in ('heartbeat', 'coordination', 'unhealthy', 'collective',
-                                         'connection', 'peer', 'task'))
+                                         'connection', 'peer'))
 
 
 def check_same_step(cluster, step, ckpt_path):
