@@ -48,6 +48,9 @@ def test_figure6_writes_every_point_the_summary_and_both_panels(toy_run, session
     last_test = [float(r['error']) for r in rows
                  if (r['network'], r['split'], r['step']) == ('plain', 'test', '4')]
     assert final['plain', 8]['test']['per_seed'] == pytest.approx(last_test)
+    table = (toy_run / 'files' / 'figure6.md').read_text()
+    assert '| plain-8 v1 | 2 | ' in table and '| ResNet-8 v1 | 2 | ' in table
+    assert '80 training images, 24 test images (not the full CIFAR-10' in table
     pytest.importorskip('matplotlib', reason='drawing needs the optional matplotlib')
     assert (toy_run / 'files' / 'figure6.png').read_bytes()[:8] == PNG_MAGIC
 
@@ -174,6 +177,17 @@ def test_the_committed_architecture_is_what_the_model_says(tmp_path):
     described = json.loads((tmp_path / 'architecture.json').read_text())
     assert described['name'] == 'ResNet-20' and len(described['units']) == 3
     assert described == json.loads((ROOT / 'files' / 'architecture.json').read_text())
+
+
+def test_the_figure_draws_the_mean_and_the_spread_over_seeds():
+    rows = [dict(network='resnet', depth=20, seed=seed, step=step, split='test', error=error)
+            for seed, step, error in ((1, 100, 0.5), (2, 100, 0.3), (3, 100, 0.4),
+                                      (1, 200, 0.2), (2, 200, 0.2), (3, 200, 0.5))]
+    rows.append(dict(rows[0], network='plain', error=0.9))
+    steps, mean, low, high = figures.mean_curves(rows, 'resnet', 'test')[20]
+    assert steps == [100, 200]
+    assert mean == pytest.approx([40.0, 30.0])
+    assert low == pytest.approx([30.0, 20.0]) and high == pytest.approx([50.0, 50.0])
 
 
 def test_figures_refuse_a_csv_that_is_not_figure6_points(tmp_path):

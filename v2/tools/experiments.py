@@ -17,7 +17,8 @@ figure6: He et al. 2015, Figure 6. The plain and the residual net of every depth
   seed; the training error (the mean over each logging window of the augmented
   batches, as the paper plots it) and the test error at every --eval_every step.
   Writes figure6.csv (every point), figure6.json (the recipe and the final errors:
-  per seed, mean, std) and figure6.png (both panels). --reference trains the same
+  per seed, mean, std), figure6.md (the final errors as the README's table) and
+  figure6.png (both panels). --reference trains the same
   grid through a Keras 3 model of the same nets instead (figure6_reference.*).
 table: the test error of the final checkpoint of every depth and seed, evaluated as
   run_evaluator.py does, beside the paper's (v2.tools.catalog.PAPER_ERRORS), labelled
@@ -252,10 +253,31 @@ def figure6(out):
                    'implementation': 'Keras 3 (v2.tools.keras_nets)' if reference else 'v2',
                    'training_images': train_images, 'test_images': test_images,
                    'final': summary}, f, indent=1)
-    print('wrote %s and %s' % (csv_path, os.path.join(out, name + '.json')))
+    markdown = figure6_markdown(summary, configs, recipe,
+                                data_label(train_images, test_images, 0))
+    with open(os.path.join(out, name + '.md'), 'w') as f:
+        f.write(markdown)
+    print('wrote %s, %s.json and %s.md' % (csv_path, name, name))
     for line in summary_lines(summary):
         print(line)
     return csv_path
+
+
+def figure6_markdown(summary, configs, recipe, label):
+    """The final errors as a Markdown table (the README's results table is this file's)."""
+    lines = ['Final errors (%%, mean ± std over seeds) after %d iterations, from the last '
+             'logging window (training) and the last evaluation (test); %s.'
+             % (recipe.num_iterations, label), '',
+             '| network | runs | final training error | final test error '
+             '| paper, test (full data) |',
+             '|---|---:|---:|---:|---|']
+    for e in summary:
+        network = configs[e['network'], e['depth']].describe()
+        paper = catalog.PAPER_ERRORS.get(network)
+        lines.append('| %s | %d | %s | %s | %s |' % (
+            network, len(e['test']['per_seed']), percent(e['train']['per_seed']),
+            percent(e['test']['per_seed']), '%.2f (%s)' % paper if paper else '-'))
+    return '\n'.join(lines) + '\n'
 
 
 def reference_run(run, data_path, index, count):

@@ -47,7 +47,8 @@ def read_points(path):
 
 
 def mean_curves(rows, network, split):
-    """{depth: (steps, mean error in % over the seeds)} of one network and split."""
+    """{depth: (steps, mean, lowest, highest error in %)} over the seeds, of one network
+    and split."""
     curves = {}
     for depth in sorted({r['depth'] for r in rows if r['network'] == network}):
         by_step = {}
@@ -55,7 +56,8 @@ def mean_curves(rows, network, split):
             if (r['network'], r['depth'], r['split']) == (network, depth, split):
                 by_step.setdefault(r['step'], []).append(100 * r['error'])
         steps = sorted(by_step)
-        curves[depth] = (steps, [statistics.mean(by_step[s]) for s in steps])
+        curves[depth] = (steps, [statistics.mean(by_step[s]) for s in steps],
+                         [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps])
     return curves
 
 
@@ -65,7 +67,8 @@ def figure6(csv_path, out):
     Left the plain nets, right the ResNets, as in the paper; thin dashed lines are
     the training error (the mean over each recording window of the augmented
     training batches), bold lines the test error. Lines are means over the seeds,
-    each depth one colour in both panels, and the panels share the error axis.
+    the shaded band around each test line spans the lowest to the highest seed,
+    each depth is one colour in both panels, and the panels share the error axis.
     """
     plt = _pyplot()
     rows = read_points(csv_path)
@@ -79,18 +82,21 @@ def figure6(csv_path, out):
     for ax, network in zip(axes[0], networks):
         title = 'plain' if network == 'plain' else 'ResNet'
         for split, style, width in (('train', '--', 1.0), ('test', '-', 2.2)):
-            for depth, (steps, errors) in mean_curves(rows, network, split).items():
-                ax.plot(steps, errors, style, linewidth=width,
-                        color=COLOURS.get(depth, 'black'),
+            for depth, (steps, errors, low, high) in mean_curves(rows, network, split).items():
+                colour = COLOURS.get(depth, 'black')
+                ax.plot(steps, errors, style, linewidth=width, color=colour,
                         label='%s-%d' % (title, depth) if split == 'test' else None)
+                if split == 'test' and seeds > 1:
+                    ax.fill_between(steps, low, high, color=colour, alpha=0.15, linewidth=0)
         ax.set_xlabel('iterations')
         ax.set_ylim(0, top)
         ax.grid(alpha=0.3)
         ax.set_title('%s nets' % title, fontsize=10)
         ax.legend(loc='upper right', fontsize=8)
     axes[0][0].set_ylabel('error (%)')
-    fig.suptitle('mean of %d seed%s; dashed: training error, bold: test error'
-                 % (seeds, 's' if seeds > 1 else ''), fontsize=9)
+    fig.suptitle('mean of %d seed%s; dashed: training error, bold: test error%s'
+                 % (seeds, 's' if seeds > 1 else '',
+                    ' (shaded: lowest to highest seed)' if seeds > 1 else ''), fontsize=9)
     fig.tight_layout()
     path = os.path.join(out, os.path.splitext(os.path.basename(csv_path))[0] + '.png')
     fig.savefig(path)
