@@ -1,4 +1,5 @@
-"""The README and docs/ point only at files that exist, and carry no unfinished text."""
+"""The README and docs/ point only at files that exist, quote the results tables as the
+experiments wrote them, and carry no unfinished text."""
 
 import re
 
@@ -21,3 +22,16 @@ def test_every_relative_link_and_image_exists(page):
 @pytest.mark.parametrize('page', PAGES, ids=lambda p: p.name)
 def test_no_placeholder_is_left(page):
     assert not re.search(r'[A-Z0-9_]+_PLACEHOLDER|TODO|XXX', page.read_text())
+
+
+@pytest.mark.parametrize('page, written', [
+    ('README.md', 'files/figure6.md'),
+    ('docs/reproduction.md', 'files/figure6.md'),
+    ('docs/reproduction.md', 'files/switches.md'),
+])
+def test_the_results_tables_are_the_ones_the_experiments_wrote(page, written):
+    rows = [line for line in (ROOT / written).read_text().splitlines() if line.startswith('|')]
+    assert len(rows) >= 3
+    text = (ROOT / page).read_text()
+    stale = [row for row in rows if row not in text]
+    assert not stale, '%s lacks rows of %s (copy its table again): %s' % (page, written, stale)

@@ -91,7 +91,7 @@ def figure6(csv_path, out):
         ax.set_xlabel('iterations')
         ax.set_ylim(0, top)
         ax.grid(alpha=0.3)
-        ax.set_title('%s nets' % title, fontsize=10)
+        ax.set_title('plain nets' if network == 'plain' else 'ResNets', fontsize=10)
         ax.legend(loc='upper right', fontsize=8)
     axes[0][0].set_ylabel('error (%)')
     fig.suptitle('mean of %d seed%s; dashed: training error, bold: test error%s'
