@@ -227,3 +227,4 @@ def test_the_keras_reference_trains_the_same_grid(session_data, tmp_path):
     assert len(rows) == 8 and {r['network'] for r in rows} == {'plain', 'resnet'}
     summary = json.loads((tmp_path / 'figure6_reference.json').read_text())
     assert summary['implementation'].startswith('Keras 3')
+    assert 'trained through the Keras 3 model' in (tmp_path / 'figure6_reference.md').read_text()

@@ -18,8 +18,8 @@ figure6: He et al. 2015, Figure 6. The plain and the residual net of every depth
   batches, as the paper plots it) and the test error at every --eval_every step.
   Writes figure6.csv (every point), figure6.json (the recipe and the final errors:
   per seed, mean, std), figure6.md (the final errors as the README's table) and
-  figure6.png (both panels). --reference trains the same
-  grid through a Keras 3 model of the same nets instead (figure6_reference.*).
+  figure6.png (both panels). --reference trains the same grid through a Keras 3
+  model of the same nets instead (figure6_reference.*).
 table: the test error of the final checkpoint of every depth and seed, evaluated as
   run_evaluator.py does, beside the paper's (v2.tools.catalog.PAPER_ERRORS), labelled
   with the images used: table.csv, table.json, table.md. With figure6's recipe and
@@ -254,7 +254,9 @@ def figure6(out):
                    'training_images': train_images, 'test_images': test_images,
                    'final': summary}, f, indent=1)
     markdown = figure6_markdown(summary, configs, recipe,
-                                data_label(train_images, test_images, 0))
+                                data_label(train_images, test_images, 0)
+                                + ('; trained through the Keras 3 model of the same nets'
+                                   if reference else ''))
     with open(os.path.join(out, name + '.md'), 'w') as f:
         f.write(markdown)
     print('wrote %s, %s.json and %s.md' % (csv_path, name, name))
