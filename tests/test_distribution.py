@@ -7,6 +7,7 @@ a lost peer) are slow.
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -163,7 +164,8 @@ class Cluster:
         self.addresses = ['127.0.0.1:%d' % p for p in free_ports(count)]
         self.processes, self.logs = [], []
 
-    def start(self, *args):
+    def start(self, *args, each=None):
+        """Starts every worker with args, and worker i also with each[i] when given."""
         for index in range(len(self.addresses)):
             env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
             env['TF_CONFIG'] = json.dumps({'cluster': {'worker': self.addresses},
@@ -173,7 +175,7 @@ class Cluster:
             log = open(self.tmp_path / ('worker%d-%d.log' % (index, len(self.logs))), 'w+')
             self.logs.append(log)
             self.processes.append(subprocess.Popen(
-                [sys.executable, str(ROOT / 'run_trainer.py'), *args,
+                [sys.executable, str(ROOT / 'run_trainer.py'), *args, *(each or {}).get(index, ()),
                  '--distribution_strategy=multi_worker'],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
         return self.processes[-len(self.addresses):]
@@ -227,6 +229,34 @@ def test_multi_worker_trains_in_sync_and_the_chief_alone_writes(data_path, tmp_p
     # The same global batch on one worker now: it resumes from the chief's checkpoint.
     resumed = train(data_path, ckpt, 9, '--sync_batch_norm')
     assert 'resuming at step 6' in resumed.stdout
+
+
+@pytest.mark.slow
+def test_workers_that_restored_different_steps_all_refuse(data_path, tmp_path):
+    # Folders at steps 6 and 3 and an empty one: worker 1's step is the workers' mean,
+    # which a check on the sum of the steps lets through. Batch 18: three replicas.
+    train(data_path, tmp_path / 'a', 3, '--batch_size=18')
+    shutil.copytree(tmp_path / 'a', tmp_path / 'b')
+    train(data_path, tmp_path / 'a', 6, '--batch_size=18')
+    cluster = Cluster(tmp_path, count=3)
+    try:
+        workers = cluster.start('--data_path=%s' % data_path, *TINY, '--batch_size=18',
+                                '--num_iterations=9', '--worker_timeout=10',
+                                each={i: ['--ckpt_path=%s' % (tmp_path / d)]
+                                      for i, d in enumerate('abc')})
+        codes = cluster.wait(workers, timeout=240)
+        outputs = [cluster.output(w) for w in workers]
+    finally:
+        cluster.close()
+    assert codes == [1, 1, 1], outputs
+    for index, step in enumerate((6, 3, 0)):
+        lines = error_lines(outputs[index])
+        assert len(lines) == 1, outputs[index]
+        assert ('worker %d restored step %d, but the workers restored steps 0, 3, 6; --ckpt_path='
+                % (index, step)) in lines[0]
+    assert tf.train.latest_checkpoint(str(tmp_path / 'a')).endswith('ckpt-6')
+    assert tf.train.latest_checkpoint(str(tmp_path / 'b')).endswith('ckpt-3')
+    assert tf.train.latest_checkpoint(str(tmp_path / 'c')) is None
 
 
 @pytest.mark.slow

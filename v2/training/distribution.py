@@ -70,16 +70,24 @@ def check_same_step(cluster, step, ckpt_path):
     """Refuses a multi_worker run whose workers restored different steps.
 
     A worker that cannot read ckpt_path (no shared filesystem) would start from step
-    0 while the chief resumes, and their weights would part without a word.
+    0 while the chief resumes, and their weights would part without a word. Every
+    worker gathers every replica's step, so all of them see the same list and all
+    refuse together (a sum would let a worker whose step is the mean go on alone).
     """
-    local = float(step.numpy())
-    summed = cluster.strategy.reduce(
-        tf.distribute.ReduceOp.SUM,
-        cluster.strategy.run(lambda: tf.cast(tf.identity(step), tf.float32)), axis=None)
-    if float(summed) != local * cluster.replicas:
-        raise UserError('worker %d restored step %d, but the workers disagree on the step; '
+    local = int(step.numpy())
+
+    def replica_step():
+        value = tf.reshape(tf.cast(step, tf.float64), [1])     # float64: exact past 2**24
+        return tf.distribute.get_replica_context().all_gather(value, axis=0)
+
+    gathered = cluster.strategy.experimental_local_results(
+        tf.function(lambda: cluster.strategy.run(replica_step))())[0]
+    steps = sorted({int(s) for s in gathered.numpy()})
+    if steps != [local]:
+        raise UserError('worker %d restored step %d, but the workers restored steps %s; '
                         'ckpt_path=%s must be one folder every worker reads'
-                        % (cluster.worker_index, local, ckpt_path), settings=('ckpt_path',))
+                        % (cluster.worker_index, local, ', '.join(map(str, steps)), ckpt_path),
+                        settings=('ckpt_path',))
 
 
 def reason(error):
