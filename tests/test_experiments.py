@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 
 import pytest
 import tensorflow as tf
@@ -228,3 +229,15 @@ def test_the_keras_reference_trains_the_same_grid(session_data, tmp_path):
     summary = json.loads((tmp_path / 'figure6_reference.json').read_text())
     assert summary['implementation'].startswith('Keras 3')
     assert 'trained through the Keras 3 model' in (tmp_path / 'figure6_reference.md').read_text()
+    # Beside figure6's own runs in one work_dir, each keeps its folders and trains.
+    status, line = run('figure6', '--data_path=%s' % session_data, '--out=%s' % tmp_path,
+                       '--work_dir=%s' % (tmp_path / 'work'), '--noplot', *TOY[:1], '--seeds=1',
+                       '--networks=resnet', *TOY[2:])
+    assert status == 0, line
+    with open(tmp_path / 'figure6.csv') as f:
+        ours = list(csv.DictReader(f))
+    keras = [r for r in rows if r['network'] == 'resnet']
+    assert [(r['step'], r['split']) for r in ours] == [(r['step'], r['split']) for r in keras]
+    assert [r['cross_entropy'] for r in ours] != [r['cross_entropy'] for r in keras]
+    assert sorted(os.listdir(tmp_path / 'work')) == ['keras_plain8_seed1', 'keras_resnet8_seed1',
+                                                     'recipe.json', 'resnet8_seed1']

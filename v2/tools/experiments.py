@@ -176,13 +176,13 @@ def grid_spec(recipe, config, train_images):
                    eval_every=FLAGS.eval_every, data=train_images)
 
 
-def run_folder(folder, config, seed):
-    """<folder>/resnet56_seed2, plain20_seed1, wrn-16-8_seed3, ..."""
+def run_folder(folder, config, seed, prefix=''):
+    """<folder>/resnet56_seed2, plain20_seed1, wrn-16-8_seed3, keras_resnet20_seed1, ..."""
     if config.model == 'resnet' and not config.bottleneck:
         name = '%s%d' % ('resnet' if config.shortcut_connections else 'plain', config.num_layers)
     else:
         name = config.slug()
-    return os.path.join(folder, '%s_seed%d' % (name, seed))
+    return os.path.join(folder, '%s%s_seed%d' % (prefix, name, seed))
 
 
 def train_run(run, data_path, index, count, **option_changes):
@@ -232,7 +232,10 @@ def figure6(out):
                                                      shortcut_connections=network == 'resnet')
                for depth in depths for network in networks}
     runs = [Run(dict(network=network, depth=depth, seed=seed),
-                run_folder(folder, configs[network, depth], seed), configs[network, depth],
+                # The Keras runs keep their own folders: figure6 and figure6 --reference
+                # may share a work_dir, and neither may take the other's finished runs.
+                run_folder(folder, configs[network, depth], seed, 'keras_' if reference else ''),
+                configs[network, depth],
                 dataclasses.replace(recipe, seed=seed))
             for depth in depths for network in networks for seed in seeds]
     rows = []
