@@ -191,6 +191,13 @@ def test_the_figure_draws_the_mean_and_the_spread_over_seeds():
     assert low == pytest.approx([30.0, 20.0]) and high == pytest.approx([50.0, 50.0])
 
 
+def test_the_reference_figure_says_keras_trained_it():
+    assert figures.figure6_title('out/figure6_reference.csv', 1).startswith('Keras 3 model')
+    assert figures.figure6_title('out/figure6.csv', 3) == (
+        'mean of 3 seeds; dashed: training error, bold: test error '
+        '(shaded: lowest to highest seed)')
+
+
 def test_figures_refuse_a_csv_that_is_not_figure6_points(tmp_path):
     bad = tmp_path / 'figure6_other.csv'
     bad.write_text('a,b\n1,2\n')

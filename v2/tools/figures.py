@@ -94,14 +94,20 @@ def figure6(csv_path, out):
         ax.set_title('plain nets' if network == 'plain' else 'ResNets', fontsize=10)
         ax.legend(loc='upper right', fontsize=8)
     axes[0][0].set_ylabel('error (%)')
-    fig.suptitle('mean of %d seed%s; dashed: training error, bold: test error%s'
-                 % (seeds, 's' if seeds > 1 else '',
-                    ' (shaded: lowest to highest seed)' if seeds > 1 else ''), fontsize=9)
+    fig.suptitle(figure6_title(csv_path, seeds), fontsize=9)
     fig.tight_layout()
     path = os.path.join(out, os.path.splitext(os.path.basename(csv_path))[0] + '.png')
     fig.savefig(path)
     plt.close(fig)
     return [path]
+
+
+def figure6_title(csv_path, seeds):
+    """The line over both panels; figure6 --reference's figure says that Keras trained it."""
+    keras = 'reference' in os.path.basename(csv_path)
+    return '%smean of %d seed%s; dashed: training error, bold: test error%s' % (
+        'Keras 3 model of the same nets: ' if keras else '', seeds, 's' if seeds > 1 else '',
+        ' (shaded: lowest to highest seed)' if seeds > 1 else '')
 
 
 def architecture(json_path, out):
