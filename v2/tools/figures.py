@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import statistics
+import textwrap
 
 from v2.cli import app, flags
 from v2.errors import UserError
@@ -94,7 +95,7 @@ def figure6(csv_path, out):
         ax.set_title('plain nets' if network == 'plain' else 'ResNets', fontsize=10)
         ax.legend(loc='upper right', fontsize=8)
     axes[0][0].set_ylabel('error (%)')
-    fig.suptitle(figure6_title(csv_path, seeds), fontsize=9)
+    fig.suptitle(textwrap.fill(figure6_title(csv_path, seeds), 72 * len(networks)), fontsize=9)
     fig.tight_layout()
     path = os.path.join(out, os.path.splitext(os.path.basename(csv_path))[0] + '.png')
     fig.savefig(path)
