@@ -31,7 +31,8 @@ def main(argv):
         return 0
     if FLAGS.export_dir or FLAGS.images:
         net, saved = evaluate.load_network(FLAGS.ckpt_path, flags.explicit_architecture(),
-                                           averaged=FLAGS.averaged)
+                                           averaged=FLAGS.averaged,
+                                           devices=tuple(FLAGS.devices))
         class_names = cifar.DATASETS[saved.config.dataset].class_names
         serving = export.Serving(net, saved.pixel_mean, class_names)
         if FLAGS.export_dir:
@@ -49,7 +50,7 @@ def main(argv):
         FLAGS.ckpt_path, FLAGS.data_path, flags.explicit_architecture(),
         all_checkpoints=FLAGS.all_checkpoints, batch_size=FLAGS.eval_batch_size,
         output_json=FLAGS.output_json, precision=FLAGS.precision, log_path=_log_path(),
-        tta=FLAGS.tta, averaged=FLAGS.averaged)
+        tta=FLAGS.tta, averaged=FLAGS.averaged, devices=tuple(FLAGS.devices))
     return 0
 
 

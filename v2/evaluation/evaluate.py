@@ -19,7 +19,8 @@ import tensorflow as tf
 from v2.data import cifar, pipeline
 from v2.errors import UserError
 from v2.nets.model import build
-from v2.training import checkpoint, devices
+from v2.training import checkpoint
+from v2.training import devices as devices_lib
 from v2.training import precision as precision_lib
 from v2.training.ema import WeightAverage
 
@@ -119,9 +120,11 @@ class Restorer:
 
 
 def load_network(ckpt_path: str, wanted: dict | None = None, precision: str = 'float32',
-                 out=print, averaged: bool = True):
-    """The network of the checkpoint ckpt_path names, restored; with its Saved metadata."""
-    devices.setup_for_evaluation()
+                 out=print, averaged: bool = True, devices: tuple = ()):
+    """The network of the checkpoint ckpt_path names, restored; with its Saved metadata.
+
+    It computes on one device: the first GPU, or the one `devices` names."""
+    devices_lib.setup_for_evaluation(devices, out)
     saved = checkpoint.Saved(checkpoint.find(ckpt_path))
     saved.check_matches(wanted or {})
     return Restorer(saved, precision, out, averaged).load(saved), saved
@@ -131,7 +134,7 @@ def evaluate_checkpoints(ckpt_path: str, data_path: str | None = None,
                          wanted: dict | None = None, all_checkpoints: bool = False,
                          batch_size: int = 500, output_json: str | None = None,
                          out=print, precision: str = 'float32', log_path: str | None = None,
-                         tta: bool = False, averaged: bool = True):
+                         tta: bool = False, averaged: bool = True, devices: tuple = ()):
     """Evaluates the checkpoint(s) that ckpt_path names on the test set.
 
     The architecture comes from the checkpoint; `wanted` (a dict of ModelConfig
@@ -139,10 +142,12 @@ def evaluate_checkpoints(ckpt_path: str, data_path: str | None = None,
     folder the checkpoint's data set extracts to. With log_path, each checkpoint's
     test cross-entropy and accuracy go to TensorBoard at its step, in the run
     log_path/evaluator beside the trainer's runs. A checkpoint of a run with weight
-    averaging is evaluated with its averages (averaged=False: its live weights).
+    averaging is evaluated with its averages (averaged=False: its live weights). It
+    computes on one device, the first GPU or the one `devices` names, and takes only the
+    memory it needs there, so that it fits beside a running trainer.
     Returns [(prefix, step, Metrics)].
     """
-    devices.setup_for_evaluation()
+    devices_lib.setup_for_evaluation(devices, out)
     prefixes = checkpoint.find_all(ckpt_path) if all_checkpoints else [checkpoint.find(ckpt_path)]
     saved = [checkpoint.Saved(p) for p in prefixes]
     for s in saved:

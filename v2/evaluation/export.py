@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from v2.data import cifar, pipeline
 from v2.errors import UserError
+from v2.training import devices
 
 
 class Serving(tf.Module):
@@ -118,7 +119,8 @@ def tflite_predict(runner, images, batch=100):
 def export_tflite_files(export_dir, kinds, saved, data_path, out=print):
     """Writes <export_dir>/model_<kind>.tflite for each kind, each checked on the test images.
 
-    Each is run on the test set beside the SavedModel: the share of images whose
+    Each is run on the test set beside the SavedModel (computed in IEEE float32, TF32
+    off, as the interpreter computes): the share of images whose
     predicted class changes and the change in accuracy must stay within
     TFLITE_BOUNDS, or the file is removed and the run says why.
     """
@@ -132,9 +134,10 @@ def export_tflite_files(export_dir, kinds, saved, data_path, out=print):
     order = np.random.default_rng(0).permutation(int(train_images.shape[0]))[:200]
     representative = tf.gather(train_images, np.sort(order)).numpy()
     serving = tf.saved_model.load(export_dir).signatures['serving_default']
-    reference = np.concatenate([serving(images=tf.constant(test_images[i:i + 500]))
-                                ['probabilities'].numpy()
-                                for i in range(0, len(test_images), 500)])
+    with devices.ieee_float32():        # TFLite's float32 is IEEE; so must the reference be
+        reference = np.concatenate([serving(images=tf.constant(test_images[i:i + 500]))
+                                    ['probabilities'].numpy()
+                                    for i in range(0, len(test_images), 500)])
     reference_accuracy = np.mean(reference.argmax(-1) == test_labels)
     saved_bytes = sum(os.path.getsize(os.path.join(d, f))
                       for d, _, files in os.walk(export_dir) for f in files)

@@ -11,7 +11,11 @@ Which precision and whether XLA pays also depend on the device, so they are
 decided here, from a Device record that a test can make up.
 """
 
+import contextlib
 import dataclasses
+import os
+import re
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 
@@ -47,11 +51,65 @@ def cpu_info() -> tuple[str, bool]:
     return (names[0] if names else 'unknown'), ('avx512_bf16' in text or 'amx_bf16' in text)
 
 
-def _index(name: str) -> int | None:
-    """The GPU index that '/gpu:1', 'GPU:1' or '/device:GPU:1' names; None for other devices."""
-    key = name.strip().lower().replace('/device:', '').lstrip('/')
-    kind, _, number = key.partition(':')
-    return int(number) if kind == 'gpu' and number.isdigit() else None
+# Every spelling of one local device that TensorFlow prints or users write: '/gpu:1', 'GPU:1',
+# '/device:GPU:1', '/physical_device:GPU:1', '/job:localhost/replica:0/task:0/device:GPU:1'.
+_DEVICE = re.compile(r'(?:/job:[\w-]+)?(?:/replica:\d+)?(?:/task:\d+)?/?'
+                     r'(?:device:|physical_device:)?(gpu|cpu):(\d+)', re.IGNORECASE)
+
+
+def parse(name: str) -> tuple[str, int]:
+    """('GPU', 1) for any spelling of GPU 1 (see _DEVICE); a UserError for anything else.
+
+    'cuda:0' or 'gpu1' would otherwise read as "a device that is not a GPU" and hide
+    every GPU: a run meant for a GPU would train on the CPU without a word.
+    """
+    match = _DEVICE.fullmatch(name.strip())
+    if not match:
+        raise UserError('devices=%s: not a device name; write /gpu:N or /cpu:0 (GPU:N, '
+                        '/device:GPU:N and TensorFlow\'s full names also work)' % name,
+                        settings=('devices',))
+    return match.group(1).upper(), int(match.group(2))
+
+
+def canonical(name: str) -> str:
+    """'/gpu:1' for any spelling of GPU 1, '/cpu:0' for the CPU's."""
+    kind, index = parse(name)
+    return '/%s:%d' % (kind.lower(), index)
+
+
+def _gpu_indices(names: Sequence[str]) -> list[int]:
+    return [index for kind, index in map(parse, names) if kind == 'GPU']
+
+
+def nvidia_driver() -> str | None:
+    """Where this machine shows an NVIDIA driver (its /proc entry or nvidia-smi), or None."""
+    if os.path.exists('/proc/driver/nvidia/version'):
+        return '/proc/driver/nvidia/version'
+    return shutil.which('nvidia-smi')
+
+
+GPU_INSTALL = 'pip install -r requirements-gpu.txt (TensorFlow with its CUDA libraries)'
+
+
+def check_gpus_seen(physical, devices: Sequence[str], out: Callable):
+    """Says so, before any data is read, when a driver is here but TensorFlow sees no GPU.
+
+    The plain `tensorflow` wheel finds no CUDA libraries and falls back to the CPU; the
+    only sign would be the word CPU in the run's first line. A run that names a GPU is
+    refused instead of trained on the CPU.
+    """
+    if physical:
+        return
+    driver = nvidia_driver()
+    named = _gpu_indices(devices)
+    if named:
+        raise UserError('devices=%s: TensorFlow sees no GPU here%s; %s'
+                        % (','.join(devices), ' though an NVIDIA driver is (%s)' % driver
+                           if driver else '', GPU_INSTALL if driver else 'drop devices'),
+                        settings=('devices',))
+    if driver and not devices:
+        out('warning: an NVIDIA driver is here (%s) but TensorFlow sees no GPU, so this runs '
+            'on the CPU; %s' % (driver, GPU_INSTALL))
 
 
 def setup(strategy: str, devices: Sequence[str] = (), tf32: bool = True,
@@ -63,7 +121,8 @@ def setup(strategy: str, devices: Sequence[str] = (), tf32: bool = True,
     A run that names only CPUs (or splits the CPU) sees no GPU at all.
     """
     physical = tf.config.list_physical_devices('GPU')
-    wanted = [i for i in (_index(d) for d in devices) if i is not None]
+    check_gpus_seen(physical, devices, out)
+    wanted = _gpu_indices(devices)
     if strategy == 'default' and len(devices) > 1:
         raise UserError('devices=%s: one device without distribution_strategy=mirrored'
                         % ','.join(devices), settings=('devices', 'distribution_strategy'))
@@ -94,15 +153,32 @@ def setup(strategy: str, devices: Sequence[str] = (), tf32: bool = True,
     return describe(used)
 
 
-def setup_for_evaluation() -> list[Device]:
-    """Memory growth on every GPU, so that an evaluator fits beside a running trainer."""
+def setup_for_evaluation(devices: Sequence[str] = (), out: Callable = print) -> list[Device]:
+    """One GPU for an evaluation (the first, or the one `devices` names), with memory growth,
+    so that an evaluator fits beside a running trainer; the CPU when `devices` names it."""
+    if len(devices) > 1:
+        raise UserError('devices=%s: the evaluator uses one device' % ','.join(devices),
+                        settings=('devices',))
     physical = tf.config.list_physical_devices('GPU')
+    check_gpus_seen(physical, devices, out)
+    wanted = _gpu_indices(devices)
+    if devices and not wanted:
+        used = []
+    else:
+        index = wanted[0] if wanted else 0
+        if physical and index >= len(physical):
+            raise UserError('devices=%s: no device /gpu:%d here; this machine has %d GPU%s'
+                            % (devices[0], index, len(physical),
+                               '' if len(physical) == 1 else 's'), settings=('devices',))
+        used = physical[index:index + 1]
     try:
-        for gpu in physical:
+        for gpu in used:
             tf.config.experimental.set_memory_growth(gpu, True)
-    except RuntimeError:
+        if physical:
+            tf.config.set_visible_devices(used, 'GPU')
+    except RuntimeError:            # TensorFlow already started in this process (tests, notebooks)
         pass
-    return describe(physical[:1])
+    return describe(used)
 
 
 def describe(gpus) -> list[Device]:
@@ -127,6 +203,18 @@ def jit_by_default(used: Sequence[Device]) -> bool:
     `python -m v2.tools.benchmark --jit_compile=false` measures it on a given card.
     """
     return any(d.kind == 'GPU' for d in used)
+
+
+@contextlib.contextmanager
+def ieee_float32():
+    """float32 matrix work in IEEE float32 inside, TF32 off (Ampere and later GPUs use TF32,
+    a 10-bit mantissa, by default); the setting before is restored after."""
+    before = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    try:
+        yield
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(before)
 
 
 def warn_to_stderr(message: str):

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from v2.errors import UserError
+from v2.training import devices as devices_lib
 
 STRATEGIES = ('default', 'mirrored', 'multi_worker')
 
@@ -198,6 +199,7 @@ def make_cluster(name, devices=(), cpu_devices=0, worker_timeout=0, gpus=False):
     if name != 'mirrored' and (len(devices) > 1 or cpu_devices > 1):
         raise UserError('devices and cpu_devices need distribution_strategy=mirrored',
                         settings=('devices', 'cpu_devices', 'distribution_strategy'))
+    devices = [devices_lib.canonical(d) for d in devices]
     if cpu_devices > 1:
         split_cpu(cpu_devices)
     if name == 'default':
@@ -207,7 +209,8 @@ def make_cluster(name, devices=(), cpu_devices=0, worker_timeout=0, gpus=False):
             devices = ()                # every visible GPU: devices.setup() kept the run's own
         if not devices and cpu_devices > 1:
             devices = [d.name for d in tf.config.list_logical_devices('CPU')]
-        known = {_device_key(d.name) for d in tf.config.list_logical_devices()}
+        known = {_device_key(d.name) for kind in ('CPU', 'GPU')
+                 for d in tf.config.list_logical_devices(kind)}
         unknown = [d for d in devices if _device_key(d) not in known]
         if unknown:
             raise UserError('devices=%s: no device %s here; this machine has %s'
@@ -226,8 +229,8 @@ def make_cluster(name, devices=(), cpu_devices=0, worker_timeout=0, gpus=False):
 
 
 def _device_key(name):
-    """'/device:GPU:0', '/gpu:0' and 'GPU:0' all name the same device."""
-    return name.strip().lower().replace('/device:', '').lstrip('/')
+    """'/device:GPU:0', '/gpu:0', 'GPU:0' and the full job name all name the same device."""
+    return devices_lib.canonical(name)
 
 
 def check_batch(batch_size, cluster):
