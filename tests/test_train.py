@@ -63,26 +63,27 @@ def test_an_interrupted_run_resumes_to_the_same_weights_bit_for_bit(session_data
 
 @pytest.mark.parametrize('cutout', [0, 4])
 def test_batches_prepared_on_the_host_train_the_weights_the_device_path_does(session_data,
-                                                                             tmp_path,
-                                                                             monkeypatch, cutout):
+                                                                             tmp_path, cutout):
     recipe = tiny_recipe(num_iterations=4, deterministic=True, cutout=cutout)
-    chosen = []
-    prepare_where = loop.training_batches
-
-    def forced(on_host):
-        def training_batches(data, recipe, start, _, mean):
-            chosen.append(on_host)
-            return prepare_where(data, recipe, start, on_host, mean)
-        return training_batches
-    results = []
-    for on_host in (True, False):
-        monkeypatch.setattr(loop, 'training_batches', forced(on_host))
-        results.append(loop.train(TINY, recipe, tiny_options(tmp_path / str(on_host)),
-                                  str(session_data), out=quiet).checkpoint)
-    assert chosen == [True, False]
+    results = [loop.train(TINY, recipe, tiny_options(tmp_path / where, prepare_batches=where),
+                          str(session_data), out=quiet).checkpoint
+               for where in ('host', 'device')]
     host, device = all_tensors(results[0]), all_tensors(results[1])
     for key in host:
         np.testing.assert_array_equal(host[key], device[key], err_msg=key)
+
+
+def test_auto_prepares_batches_on_the_host_only_on_one_cpu():
+    from v2.training.distribution import Cluster
+    one, mirrored = (Cluster(tf.distribute.get_strategy(), name)
+                     for name in ('default', 'mirrored'))
+    assert loop.prepares_on_host('auto', False, one)
+    assert not loop.prepares_on_host('auto', True, one)
+    assert not loop.prepares_on_host('auto', False, mirrored)
+    assert not loop.prepares_on_host('device', False, one)
+    assert loop.prepares_on_host('host', True, one)
+    with pytest.raises(UserError, match='prepare_batches=host: only one-device runs'):
+        loop.prepares_on_host('host', False, mirrored)
 
 
 def test_a_one_cpu_run_prepares_its_batches_on_the_host(session_data, tmp_path, monkeypatch):

@@ -140,6 +140,10 @@ flags.DEFINE_integer('steps_per_call', 1,
 flags.DEFINE_boolean('jit_compile', None,
                      'Compile the step with XLA. Default: on GPUs, off on CPUs (where it was '
                      '1.9x slower here).')
+flags.DEFINE_enum('prepare_batches', 'auto', ['auto', 'host', 'device'],
+                  'Where training batches are normalised and augmented: device (uint8 batches '
+                  'prepared inside the step, a quarter of the bytes to a GPU), host (tf.data\'s '
+                  'threads; one-device runs), or auto: the host on one CPU, else the device.')
 flags.DEFINE_boolean('tf32', True,
                      'GPUs of compute capability 8.0+: float32 matrix work in TF32 (TensorFlow\'s '
                      'default); false for IEEE float32, e.g. to compare with a CPU.')
@@ -147,8 +151,9 @@ flags.DEFINE_enum('distribution_strategy', 'default', list(distribution.STRATEGI
                   'default: one device (the first GPU, or --devices); mirrored: every local GPU '
                   '(or --devices, or --cpu_devices) in sync; multi_worker: several machines, the '
                   'cluster read from TF_CONFIG (worker 0 is the chief and writes checkpoints).')
-flags.DEFINE_list('devices', [], 'The device(s) to use, e.g. /gpu:1, or /gpu:0,/gpu:1 with '
-                  'mirrored (default: the first GPU; every GPU with mirrored).')
+flags.DEFINE_list('devices', [], 'The device(s) to use, e.g. /gpu:1 (or GPU:1, /device:GPU:1, '
+                  'TensorFlow\'s full name), /cpu:0, or /gpu:0,/gpu:1 with mirrored (default: '
+                  'the first GPU; every GPU with mirrored). The evaluator uses one.')
 flags.DEFINE_integer('cpu_devices', 0, 'mirrored: split the CPU into this many logical devices '
                      '(to try mirrored training without GPUs).', lower_bound=0)
 flags.DEFINE_integer('worker_timeout', 0,
@@ -199,8 +204,14 @@ flags.DEFINE_integer('rounds', 3, 'step_variants: rounds, each timing every vari
                      lower_bound=1)
 flags.DEFINE_boolean('machine_readable', False, 'step_variants: print only the rates.')
 
+# --- the GPU report (python -m v2.tools.gpu_report) ---
+flags.DEFINE_float('budget_minutes', 8.0, 'gpu_report: rows of the speed table that would start '
+                   'after this many minutes are listed as not run.', lower_bound=0.0)
+flags.DEFINE_boolean('gpu_tier', True, 'gpu_report: run the GPU tier of the tests first.')
+
 # --- the experiments (python -m v2.tools.experiments) and figures ---
-flags.DEFINE_string('out', 'files', 'Folder for the figures, the CSV/JSON and the tables.')
+flags.DEFINE_string('out', 'files', 'Folder for the figures, the CSV/JSON and the tables '
+                    '(gpu_report: for its Markdown, default docs/).')
 flags.DEFINE_string('work_dir', None, 'One folder per run (checkpoints, TensorBoard logs, '
                     'points); default: runs/<command>.')
 flags.DEFINE_list('depths', ['20', '56'], 'Depths of the grid (6n+2 for resnet).')
@@ -221,11 +232,12 @@ RECIPE = ('batch_size', 'num_iterations', 'weight_decay', 'momentum', 'nesterov'
           'deterministic', 'nan_policy', 'sync_batch_norm', 'bn_momentum', 'zero_init_residual',
           'validation_split', 'label_smoothing', 'cutout', 'ema_decay')
 RUN = ('log_per_iterations', 'save_every', 'max_to_keep', 'eval_every', 'steps_per_call',
-       'jit_compile', 'tf32', 'distribution_strategy', 'devices', 'cpu_devices', 'worker_timeout')
+       'jit_compile', 'prepare_batches', 'tf32', 'distribution_strategy', 'devices', 'cpu_devices',
+       'worker_timeout')
 TRAINER = (DATA_AND_NETWORK + RECIPE + RUN
            + ('ckpt_path', 'log_path', 'download', 'download_url', 'download_md5', 'dry_run'))
 EVALUATOR = DATA_AND_NETWORK + ('ckpt_path', 'log_path', 'all_checkpoints', 'output_json', 'tta',
-                                'averaged', 'export_dir', 'tflite', 'images')
+                                'averaged', 'export_dir', 'tflite', 'images', 'devices')
 BENCHMARK = (DATA_AND_NETWORK + RECIPE + RUN
              + ('warmup_steps', 'windows', 'window_steps', 'keras', 'keras_precision',
                 'conv_bound', 'rss_steps'))
@@ -233,9 +245,11 @@ EXPERIMENTS = (DATA_AND_NETWORK + RECIPE + RUN
                + ('out', 'work_dir', 'depths', 'seeds', 'networks', 'reference', 'plot',
                   'switches'))
 STEP_VARIANTS = BENCHMARK + ('variants', 'rounds', 'machine_readable')
+GPU_REPORT = ('data_path', 'devices', 'tf32', 'depths', 'out', 'keras', 'warmup_steps', 'windows',
+              'window_steps', 'budget_minutes', 'gpu_tier')
 FIGURES = ('out',)
 ALL = tuple(dict.fromkeys(TRAINER + EVALUATOR + BENCHMARK + STEP_VARIANTS + EXPERIMENTS
-                          + FIGURES))
+                          + FIGURES + GPU_REPORT))
 
 # Flags that do not apply to a family, refused when given explicitly.
 NOT_FOR = {
@@ -355,6 +369,7 @@ def run_options(config, **changes) -> recipe_lib.RunOptions:
                   save_every_secs=seconds, max_to_keep=FLAGS.max_to_keep,
                   eval_every=FLAGS.eval_every, eval_batch_size=FLAGS.eval_batch_size,
                   steps_per_call=FLAGS.steps_per_call, jit_compile=FLAGS.jit_compile,
+                  prepare_batches=FLAGS.prepare_batches,
                   tf32=FLAGS.tf32, distribution_strategy=FLAGS.distribution_strategy,
                   devices=tuple(FLAGS.devices), cpu_devices=FLAGS.cpu_devices,
                   worker_timeout=FLAGS.worker_timeout)

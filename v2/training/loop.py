@@ -158,6 +158,16 @@ def training_batches(data, recipe, start, on_host, mean):
                                   start, recipe.num_iterations)
 
 
+def prepares_on_host(prepare_batches, on_gpu, cluster):
+    """Whether the batches are prepared by tf.data on the host (see RunOptions)."""
+    if prepare_batches == 'host' and cluster.distributed:
+        raise UserError('prepare_batches=host: only one-device runs prepare their batches on '
+                        'the host; drop it, or use device', settings=('prepare_batches',))
+    if prepare_batches == 'auto':
+        return not on_gpu and not cluster.distributed
+    return prepare_batches == 'host'
+
+
 @dataclasses.dataclass
 class State:
     """Everything a step changes and a checkpoint holds."""
@@ -193,6 +203,17 @@ def build_state(model_config, recipe, cluster, dtype, mean):
         if recipe.ema_decay:
             state.ema = WeightAverage(model, recipe.ema_decay)
     return state
+
+
+def step_parts(state, recipe):
+    """What the traced step reads and writes, for this state and recipe (the trainer's,
+    and so the benchmark's)."""
+    return StepParts(model=state.model, optimizer=state.optimizer, schedule=recipe.schedule,
+                     step=state.step, window=state.window, pixel_mean=state.mean,
+                     weight_decay=recipe.weight_decay, seed=recipe.seed,
+                     label_smoothing=recipe.label_smoothing, cutout=recipe.cutout,
+                     loss_scale=state.loss_scale,
+                     skip_non_finite=recipe.nan_policy == 'skip_step', ema=state.ema)
 
 
 def restore(state, recipe, saved, out):
@@ -248,7 +269,8 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
         def out(line, say=out):
             return (say('worker %d: %s' % (cluster.worker_index, line)))
     distribution.check_batch(recipe.batch_size, cluster)
-    jit = _use_xla(options, recipe, cluster, used)
+    on_host = prepares_on_host(options.prepare_batches, on_gpu, cluster)
+    jit = use_xla(options.jit_compile, recipe, model_config, cluster.replicas, used, out)
     # 2. The data, the folders and a checkpoint already there, checked before anything runs.
     data = load_training_data(model_config, recipe, data_path, evaluate=bool(options.eval_every))
     if cluster.is_chief:
@@ -286,19 +308,12 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
             % (start, recipe.num_iterations))
         return TrainResult(step=start, checkpoint=latest)
     # 4. The traced step, its input and the run's outputs.
-    parts = StepParts(model=state.model, optimizer=state.optimizer, schedule=recipe.schedule,
-                      step=state.step, window=state.window, pixel_mean=state.mean,
-                      weight_decay=recipe.weight_decay, seed=recipe.seed,
-                      label_smoothing=recipe.label_smoothing, cutout=recipe.cutout,
-                      loss_scale=state.loss_scale,
-                      skip_non_finite=recipe.nan_policy == 'skip_step', ema=state.ema)
-    train_steps = make_train_steps(parts, cluster.strategy, recipe.batch_size, jit)
+    train_steps = make_train_steps(step_parts(state, recipe), cluster.strategy,
+                                   recipe.batch_size, jit)
     agree = cluster.name == 'multi_worker'
     window_end = make_window_end(state.window, cluster.strategy, agree, state.loss_scale)
     batches = distribution.distribute_batches(
-        cluster, lambda: training_batches(data, recipe, start,
-                                          not on_gpu and not cluster.distributed,
-                                          state.mean.numpy()),
+        cluster, lambda: training_batches(data, recipe, start, on_host, state.mean.numpy()),
         recipe.batch_size, device='/gpu:0' if on_gpu and not cluster.distributed else None)
     folders = distribution.WorkerFolders(cluster)
     outputs = Outputs(out, folders, manager, ckpt,
@@ -335,22 +350,34 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
     return result
 
 
-def _use_xla(options, recipe, cluster, used):
+def use_xla(jit_compile, recipe, model_config, replicas, used, out=print):
     """Whether to compile the step: as asked, or where it pays (devices.jit_by_default).
 
-    Pooled batch-norm statistics put an all-reduce inside the forward pass, which XLA
-    cannot compile across devices: asked for together, they are refused; by default
-    such a run goes without XLA.
+    Two combinations XLA cannot compile are refused when asked for, and run without
+    XLA by default:
+    - pooled batch-norm statistics over several replicas put an all-reduce inside the
+      forward pass, which XLA cannot compile across devices;
+    - op determinism on a GPU with max pooling (VGG): XLA's GPU backend refuses the
+      gradient of max pooling (select-and-scatter) when determinism is required.
     """
-    pooled = recipe.sync_batch_norm and cluster.replicas > 1
-    if options.jit_compile and pooled:
-        raise UserError('jit_compile with sync_batch_norm over %d replicas: the statistics\' '
-                        'all-reduce sits inside the compiled forward pass, which XLA cannot '
-                        'compile across devices; drop one of the two' % cluster.replicas,
-                        settings=('jit_compile', 'sync_batch_norm'))
-    if options.jit_compile is None:
-        return devices.jit_by_default(used) and not pooled
-    return options.jit_compile
+    on_gpu = any(d.kind == 'GPU' for d in used)
+    refusals = []
+    if recipe.sync_batch_norm and replicas > 1:
+        refusals.append(('sync_batch_norm over %d replicas: the statistics\' all-reduce sits '
+                         'inside the compiled forward pass, which XLA cannot compile across '
+                         'devices' % replicas, ('jit_compile', 'sync_batch_norm')))
+    if recipe.deterministic and on_gpu and model_config.model == 'vgg':
+        refusals.append(('deterministic for model=vgg on a GPU: XLA refuses the gradient of '
+                         'max pooling (select-and-scatter) under op determinism',
+                         ('jit_compile', 'deterministic', 'model')))
+    if jit_compile and refusals:
+        why, settings = refusals[0]
+        raise UserError('jit_compile with %s; drop one of them' % why, settings=settings)
+    if jit_compile is None:
+        if refusals and devices.jit_by_default(used):
+            out('note: XLA is off for this run (it would be on here): %s' % refusals[0][0])
+        return devices.jit_by_default(used) and not refusals
+    return jit_compile
 
 
 def _evaluation(state, data, options, model_config, dtype):
@@ -411,7 +438,7 @@ def _loop(recipe, options, train_steps, window_end, agreed, iterator, evaluate, 
     last_save_step, last_save_time = current, time.monotonic()
     while current < recipe.num_iterations:
         n = _next_boundary(current, recipe, options) - current
-        train_steps(iterator, tf.constant(n, tf.int64))
+        train_steps(iterator, tf.constant(n, tf.int32))
         current += n
         window_steps += n
         if o.on_step:

@@ -85,6 +85,10 @@ class RunOptions:
     on every stop request. Checkpoints are only written at logging steps, right after
     the window's losses were checked, so a non-finite loss never reaches one.
     jit_compile None means XLA where it pays: on GPUs, not on CPUs (see devices).
+    prepare_batches: where the training batches are normalised and augmented: 'device'
+    (uint8 batches, prepared inside the step), 'host' (tf.data's threads, one-device
+    runs only), or 'auto': the host on a one-CPU run, where its threads overlap the
+    step, the device everywhere else.
     worker_timeout 0 sets no collective timeout (TensorFlow documents it as a
     debugging aid: a thread per collective).
     """
@@ -98,6 +102,7 @@ class RunOptions:
     eval_batch_size: int = 500
     steps_per_call: int = 1
     jit_compile: bool | None = None
+    prepare_batches: str = 'auto'
     tf32: bool = True
     distribution_strategy: str = 'default'
     devices: tuple[str, ...] = ()

@@ -185,7 +185,8 @@ def make_train_steps(parts: StepParts, strategy=None, global_batch=None, jit_com
 
     @tf.function
     def train_steps(iterator, n):
-        for _ in tf.range(n):
+        # An int32 counter stays in host memory on a GPU: no copy back per iteration.
+        for _ in tf.range(tf.cast(n, tf.int32)):
             images, labels = next(iterator)
             strategy.run(replica_step, args=(images, labels))
 
