@@ -48,3 +48,16 @@ def test_step_variants_refuses_an_unknown_variant_in_one_line():
     assert status == 1
     assert line == ('step_variants.py: error: --variants=fused: expected some of trainer,xla,'
                     'custom_gradient,no_onednn,no_remapper,no_layout_optimizer')
+
+
+@pytest.mark.parametrize('steps, per_call, expected', [
+    (30, 20, [20, 10]), (30, 10, [10, 10, 10]), (30, 1, [1] * 30), (5, 20, [5])])
+def test_a_window_runs_exactly_its_steps_whatever_the_steps_per_call(steps, per_call, expected):
+    # A window of 30 steps in calls of 20 is one call of 20 and one of 10: 30 steps, not 40.
+    assert benchmark.calls(steps, per_call) == expected
+
+
+def test_the_benchmark_refuses_multi_worker_in_one_line():
+    status, line = app.call(benchmark.main, ['benchmark', '--distribution_strategy=multi_worker'],
+                            flags.BENCHMARK)
+    assert status == 1 and 'the benchmark times one machine' in line

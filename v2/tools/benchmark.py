@@ -38,10 +38,9 @@ from v2.errors import UserError
 from v2.evaluation.evaluate import Evaluator
 from v2.nets import model
 from v2.tools import conv_timing
-from v2.training import devices, loop
+from v2.training import devices, distribution, loop
 from v2.training import precision as precision_lib
-from v2.training.optimizer import Momentum
-from v2.training.step import StepParts, Window, make_train_steps, make_window_end
+from v2.training.step import make_train_steps, make_window_end
 
 FLAGS = flags.FLAGS
 
@@ -123,28 +122,47 @@ def time_trainer(model_config, recipe, options, data_path, timing):
     return timing.timed(rates)
 
 
-def time_in_memory_step(model_config, recipe, options, dtype, timing, jit):
-    """Images/second of the same traced step fed one batch held in memory (no pipeline)."""
-    net = model.build(model_config, compute_dtype=dtype)
-    parts = StepParts(model=net, optimizer=Momentum(net.trainable_variables),
-                      schedule=recipe.schedule, step=tf.Variable(0, dtype=tf.int64),
-                      window=Window(), pixel_mean=tf.Variable(tf.zeros([32, 32, 3])),
-                      weight_decay=recipe.weight_decay,
-                      loss_scale=precision_lib.DynamicLossScale() if dtype == tf.float16
-                      else None)
-    steps = make_train_steps(parts, global_batch=recipe.batch_size, jit_compile=jit)
-    window_end = make_window_end(parts.window, tf.distribute.get_strategy(), False)
-    images = tf.random.uniform([recipe.batch_size, 32, 32, 3], 0, 256, tf.int32)
-    labels = tf.random.uniform([recipe.batch_size], 0, model_config.num_classes, tf.int32)
-    batches = iter(tf.data.Dataset.from_tensors((tf.cast(images, tf.uint8), labels)).repeat())
+def time_in_memory_step(model_config, recipe, options, dtype, timing, jit, used):
+    """Images/second of the trainer's traced step fed one batch held in memory.
+
+    The state and step are the trainer's own (loop.build_state, loop.step_parts: every
+    setting of the recipe), under the same strategy, and the batch takes the trainer's
+    way to the device (prefetched to the GPU, or split into per-replica batches); it
+    is uint8 where the trainer prepares its batches in the step and float32, prepared
+    once, where it prepares them on the host. What this leaves out, next to the
+    trainer's rate, is the input pipeline's reading, shuffling and preparation.
+    Every window runs exactly timing.steps steps, in calls of options.steps_per_call.
+    """
+    on_gpu = any(d.kind == 'GPU' for d in used)
+    cluster = distribution.make_cluster(options.distribution_strategy, options.devices,
+                                        options.cpu_devices, gpus=on_gpu)
+    mean = np.full([32, 32, 3], 120.0, np.float32)
+    state = loop.build_state(model_config, recipe, cluster, dtype, mean)
+    steps = make_train_steps(loop.step_parts(state, recipe), cluster.strategy,
+                             recipe.batch_size, jit)
+    window_end = make_window_end(state.window, cluster.strategy, False, state.loss_scale)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, [recipe.batch_size, 32, 32, 3], dtype=np.uint8)
+    labels = rng.integers(0, model_config.num_classes, [recipe.batch_size], dtype=np.int32)
+    if loop.prepares_on_host(options.prepare_batches, on_gpu, cluster):
+        images = pipeline.normalize(images, mean)
+    batches = iter(distribution.distribute_batches(
+        cluster, lambda: tf.data.Dataset.from_tensors((images, labels)).repeat(),
+        recipe.batch_size, device='/gpu:0' if on_gpu and not cluster.distributed else None))
     rates = []
     for _ in range(timing.warmup_windows + timing.windows):
         start = time.perf_counter()
-        for _ in range(0, timing.steps, options.steps_per_call):
-            steps(batches, tf.constant(min(options.steps_per_call, timing.steps), tf.int64))
+        for n in calls(timing.steps, options.steps_per_call):
+            steps(batches, tf.constant(n, tf.int32))
         window_end(tf.zeros([2])).numpy()                 # waits for the device
         rates.append(timing.steps * recipe.batch_size / (time.perf_counter() - start))
     return timing.timed(rates)
+
+
+def calls(steps, steps_per_call):
+    """The steps of each call that together run exactly `steps` steps."""
+    return [steps_per_call] * (steps // steps_per_call) + (
+        [steps % steps_per_call] if steps % steps_per_call else [])
 
 
 def time_evaluation(model_config, data_path, dtype, passes=3):
@@ -162,17 +180,21 @@ def time_evaluation(model_config, data_path, dtype, passes=3):
 
 
 def time_keras(model_config, recipe, data_path, precision, timing):
-    """Images/second of keras.Model.fit on the trainer's own batches, one epoch a window."""
+    """Images/second of keras.Model.fit, one epoch a window, written as a Keras user would
+    on a GPU: uint8 batches from tf.data, normalised and augmented by Keras's own
+    preprocessing layers inside the model (on the device), XLA as Keras chooses it."""
     import keras
 
     from v2.tools import keras_nets
     keras_nets.set_precision(precision)
     try:
-        net = keras_nets.compile_for(keras_nets.network(model_config, recipe.weight_decay),
-                                     recipe, jit_compile='auto')
         images, labels = cifar.load_split(data_path, cifar.CIFAR10, 'train')
-        batches = pipeline.augmented_batches(images, labels, cifar.pixel_mean(images),
-                                             recipe.batch_size, 0, 0, timing.total_steps)
+        net = keras_nets.compile_for(
+            keras_nets.with_augmentation(keras_nets.network(model_config, recipe.weight_decay),
+                                         cifar.pixel_mean(images), recipe.seed),
+            recipe, jit_compile='auto')
+        batches = pipeline.train_batches(images, labels, recipe.batch_size, 0, 0,
+                                         timing.total_steps)
         ends = [time.perf_counter()]
 
         class Timer(keras.callbacks.Callback):
@@ -207,10 +229,16 @@ def main(argv):
     model_config = flags.model_config()
     if model_config.dataset != 'cifar10':
         raise UserError('the benchmark reads CIFAR-10 files; drop --dataset')
+    if FLAGS.distribution_strategy == 'multi_worker':
+        raise UserError('--distribution_strategy=multi_worker: the benchmark times one machine; '
+                        'run it with mirrored on one worker\'s GPUs')
     recipe = flags.recipe()
-    used = devices.setup(FLAGS.distribution_strategy, tuple(FLAGS.devices), FLAGS.tf32)
+    used = devices.setup(FLAGS.distribution_strategy, tuple(FLAGS.devices), FLAGS.tf32,
+                         cpu_devices=FLAGS.cpu_devices)
     dtype = precision_lib.compute_dtype(recipe.precision, used)
-    jit = devices.jit_by_default(used) if FLAGS.jit_compile is None else FLAGS.jit_compile
+    replicas = (max(len(used), FLAGS.cpu_devices, 1)
+                if FLAGS.distribution_strategy == 'mirrored' else 1)
+    jit = loop.use_xla(FLAGS.jit_compile, recipe, model_config, replicas, used)
     b = recipe.batch_size
     timing = Timing(-(-FLAGS.warmup_steps // FLAGS.window_steps), FLAGS.windows,
                     FLAGS.window_steps)
@@ -241,7 +269,7 @@ def main(argv):
                                                            marks[steps[-1]] - marks[steps[0]]))
             return 0
         trainer = time_trainer(model_config, recipe, options, data_path, timing)
-        memory = time_in_memory_step(model_config, recipe, options, dtype, timing, jit)
+        memory = time_in_memory_step(model_config, recipe, options, dtype, timing, jit, used)
         evaluation, traces = time_evaluation(model_config, data_path, dtype)
         rss = peak_rss_mib()
         bound = conv_timing.training_bound(model.build(model_config, compute_dtype=dtype), b) \
@@ -265,7 +293,8 @@ def main(argv):
                     or model_config.shortcut_type not in ('A', 'A_subsample')):
                 print('Keras baseline: written for the basic-unit CIFAR ResNets with option A')
                 return 0
-            keras_precision = FLAGS.keras_precision or recipe.precision
+            keras_precision = precision_lib.compute_dtype(   # gated per device, as ours
+                FLAGS.keras_precision or recipe.precision, used, warn=lambda line: None).name
             keras_rates, keras_jit = time_keras(model_config, recipe, data_path, keras_precision,
                                                 timing)
             print('%-44s %s   %.0f GFLOP/s' % ('Keras 3 model.fit, %s%s'

@@ -83,32 +83,51 @@ def census(net, batch_size, image_shape=(32, 32, 3)):
     return convs
 
 
-def _seconds_per_call(fn, args, calls, repeats):
-    """Median over `repeats` of the mean time of `calls` consecutive calls."""
+def looped(op, calls):
+    """A traced function that runs op(*args) `calls` times in one graph loop, returning the
+    last result: one call from Python, so that on a GPU the time is the kernels', not the
+    launches'. The iterations run one at a time (independent ones would overlap), and
+    grappler moves no loop-invariant op out of a loop by default."""
+    @tf.function
+    def run(*args):
+        def body(i, _):
+            return i + 1, op(*args)
+        first = op(*args)
+        return tf.while_loop(lambda i, _: i < calls, body, (tf.constant(1), first),
+                             parallel_iterations=1)[1]     # one after the other, as in a step
+    return run
+
+
+def _seconds_per_call(op, args, calls, repeats):
+    """Median over `repeats` of the time of one op, run `calls` times in one traced loop."""
+    fn = looped(op, calls)
     fn(*args).numpy()                                  # trace and warm the primitive cache
-    fn(*args).numpy()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        for _ in range(calls):
-            result = fn(*args)
-        result.numpy()
+        fn(*args).numpy()                              # waits for the device
         times.append((time.perf_counter() - start) / calls)
     return statistics.median(times)
 
 
 def time_passes(conv, calls=10, repeats=3, seed=0):
-    """Seconds of the forward, input-gradient and filter-gradient pass of one conv."""
+    """Seconds of the forward, input-gradient and filter-gradient pass of one conv, each
+    the mean of `calls` runs inside one traced loop (median of `repeats` loops)."""
     attrs = dict(conv.attrs)
     rng = tf.random.Generator.from_seed(seed)
     x = tf.cast(rng.normal(conv.input_shape), conv.dtype)
     w = tf.cast(rng.normal(conv.filter_shape), conv.dtype)
     dy = tf.cast(rng.normal(conv.output_shape), conv.dtype)
-    forward = tf.function(lambda x, w: tf.raw_ops.Conv2D(input=x, filter=w, **attrs))
-    to_input = tf.function(lambda w, dy: tf.raw_ops.Conv2DBackpropInput(
-        input_sizes=conv.input_shape, filter=w, out_backprop=dy, **attrs))
-    to_filter = tf.function(lambda x, dy: tf.raw_ops.Conv2DBackpropFilter(
-        input=x, filter_sizes=conv.filter_shape, out_backprop=dy, **attrs))
+    def forward(x, w):
+        return tf.raw_ops.Conv2D(input=x, filter=w, **attrs)
+
+    def to_input(w, dy):
+        return tf.raw_ops.Conv2DBackpropInput(input_sizes=conv.input_shape, filter=w,
+                                              out_backprop=dy, **attrs)
+
+    def to_filter(x, dy):
+        return tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=conv.filter_shape,
+                                               out_backprop=dy, **attrs)
     return {'forward': _seconds_per_call(forward, (x, w), calls, repeats),
             'input': 0.0 if conv.image_input else _seconds_per_call(to_input, (w, dy), calls,
                                                                      repeats),

@@ -48,7 +48,7 @@ from v2.errors import UserError
 from v2.evaluation import evaluate
 from v2.nets import model
 from v2.tools import catalog
-from v2.training import loop
+from v2.training import devices, loop
 
 FLAGS = flags.FLAGS
 NETWORKS = ('plain', 'resnet')
@@ -225,6 +225,8 @@ def figure6(out):
                         'log_per_iterations) and no validation_split',
                         settings=('eval_every', 'log_per_iterations', 'validation_split'))
     reference = FLAGS.reference
+    if reference:        # the trainer sets up its devices itself; Keras needs it done here
+        devices.setup('default', tuple(FLAGS.devices), FLAGS.tf32)
     name = 'figure6_reference' if reference else 'figure6'
     folder = work_dir(name)
     check_work_dir(folder, grid_spec(recipe, base, train_images))

@@ -71,6 +71,18 @@ def network(config: model.ModelConfig, weight_decay: float = 1e-4) -> keras.Mode
     return keras.Model(inputs, outputs)
 
 
+def with_augmentation(net: keras.Model, mean, seed: int = 0) -> keras.Model:
+    """`net` behind Keras's preprocessing layers, as a Keras user augments on a GPU: uint8
+    images in; the mean image subtracted, 4-pixel zero padding, a random 32x32 crop and
+    a random horizontal flip (training only), all inside the model, on its device."""
+    inputs = keras.Input((cifar.IMAGE_SIZE, cifar.IMAGE_SIZE, cifar.CHANNELS), dtype='uint8')
+    x = L.Lambda(lambda t: keras.ops.cast(t, 'float32') - mean)(inputs)
+    x = L.ZeroPadding2D(4)(x)
+    x = L.RandomCrop(cifar.IMAGE_SIZE, cifar.IMAGE_SIZE, seed=seed)(x)
+    x = L.RandomFlip('horizontal', seed=seed)(x)
+    return keras.Model(inputs, net(x))
+
+
 class Rate(keras.optimizers.schedules.LearningRateSchedule):
     """Our Schedule as a Keras learning-rate schedule (Keras counts steps from 0, as we do)."""
 

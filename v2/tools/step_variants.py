@@ -30,6 +30,7 @@ import tensorflow as tf
 from v2.cli import app, flags
 from v2.errors import UserError
 from v2.nets import layers, model
+from v2.training import devices
 from v2.training import precision as precision_lib
 from v2.training.optimizer import Momentum
 from v2.training.step import StepParts, Window, make_train_steps, make_window_end
@@ -136,7 +137,7 @@ def step_timer(net, batch_size):
     images = tf.cast(tf.random.uniform([batch_size, 32, 32, 3], 0, 256, tf.int32), tf.uint8)
     labels = tf.random.uniform([batch_size], 0, net.config.num_classes, tf.int32)
     batches = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
-    train_steps(batches, tf.constant(3, tf.int64))
+    train_steps(batches, tf.constant(3, tf.int32))
     window_end(tf.zeros([2])).numpy()
 
     def time_windows(steps, windows):
@@ -144,7 +145,7 @@ def step_timer(net, batch_size):
         rates = []
         for _ in range(windows):
             start = time.perf_counter()
-            train_steps(batches, tf.constant(steps, tf.int64))
+            train_steps(batches, tf.constant(steps, tf.int32))
             window_end(tf.zeros([2])).numpy()
             rates.append(steps * batch_size / (time.perf_counter() - start))
         return rates
@@ -167,7 +168,8 @@ def main(argv):
         tf.config.optimizer.set_experimental_options(json.loads(os.environ['V2_GRAPPLER']))
     config = flags.model_config()
     recipe = flags.recipe()
-    dtype = precision_lib.compute_dtype(recipe.precision)
+    used = devices.setup('default', tuple(FLAGS.devices), FLAGS.tf32)
+    dtype = precision_lib.compute_dtype(recipe.precision, used)
     names = list(FLAGS.variants) or list(IN_PROCESS) + list(IN_SUBPROCESS)
     unknown = [n for n in names if n not in IN_PROCESS and n not in IN_SUBPROCESS]
     if unknown:
