@@ -1,18 +1,45 @@
 """Shared fixtures: tiny CIFAR-10 files, one trained ResNet-8 per test run, script runs.
 
-Two tiers: `python -m pytest` runs the fast one (unit, numeric and in-process
+Three tiers: `python -m pytest` runs the fast one (unit, numeric and in-process
 program tests); `python -m pytest -m slow` the tests marked slow (subprocesses,
-faults and signals, distributed training, experiments, the largest nets).
+faults and signals, distributed training, experiments, the largest nets). Both run
+on the CPU with every GPU hidden (CUDA_VISIBLE_DEVICES=-1, inherited by the programs
+they start), so that they pass alike on a GPU machine: their numbers are compared
+with numpy in IEEE float32, and two local workers cannot share one GPU.
+`python -m pytest -m gpu` runs the GPU tier (tests/test_gpu.py) on the visible GPUs,
+each test skipped with the reason where TensorFlow sees none.
 """
 
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+
+def gpu_tier(config):
+    """Whether the -m expression selects the gpu tests (`-m gpu`, `-m "gpu or slow"`)."""
+    return bool(re.search(r'(?<!not )\bgpu\b', config.getoption('markexpr') or ''))
+
+
+def pytest_configure(config):
+    if gpu_tier(config):
+        import tensorflow as tf
+        for gpu in tf.config.list_physical_devices('GPU'):     # room for the programs it starts
+            tf.config.experimental.set_memory_growth(gpu, True)
+    else:
+        os.environ['CUDA_VISIBLE_DEVICES'] = '-1'
+
+
+def pytest_report_header(config):
+    if gpu_tier(config):
+        return 'GPU tier: the tests marked gpu run on the visible GPUs'
+    return ('GPUs hidden (CUDA_VISIBLE_DEVICES=-1): this tier runs on the CPU; '
+            '-m gpu runs the GPU tier')
 
 # Quiet TensorFlow in this process; the scripts run below quiet themselves (v2/cli).
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')

@@ -80,6 +80,32 @@ def test_image_files_get_class_names_from_the_checkpoint_and_the_tflite_file(
         assert first.split(': ')[1].startswith(cifar.CIFAR10_CLASSES[best] + ' ')
 
 
+def test_the_float32_check_computes_its_reference_in_ieee_float32(exported, trained,
+                                                                  session_data, tmp_path,
+                                                                  monkeypatch):
+    """On Ampere and later GPUs the SavedModel would compute in TF32 (10-bit mantissa),
+    TFLite's interpreter in IEEE float32: a correct file could be refused."""
+    import shutil
+
+    from v2.training import checkpoint
+    folder = tmp_path / 'saved'
+    shutil.copytree(exported, folder)
+    load, seen = tf.saved_model.load, []
+
+    def spying_load(path):
+        serving = load(path).signatures['serving_default']
+
+        class Loaded:
+            signatures = {'serving_default': lambda **inputs: seen.append(
+                tf.config.experimental.tensor_float_32_execution_enabled()) or serving(**inputs)}
+        return Loaded
+    monkeypatch.setattr(tf.saved_model, 'load', spying_load)
+    saved = checkpoint.Saved(checkpoint.find(str(trained / 'ckpt')))
+    export.export_tflite_files(str(folder), ['float32'], saved, str(session_data), out=quiet)
+    assert seen and not any(seen)
+    assert tf.config.experimental.tensor_float_32_execution_enabled()      # restored after
+
+
 def test_export_refuses_a_folder_that_holds_files(exported, trained):
     status, line = app.call(evaluator.main, ['run_evaluator.py', '--ckpt_path=%s' % (
         trained / 'ckpt'), '--export_dir=%s' % exported], flags.EVALUATOR)
