@@ -83,9 +83,9 @@ def test_a_gpu_named_where_tensorflow_sees_none_is_refused_with_the_fix(fake_dri
     status, line = app.call(program, ['prog', '--data_path=%s' % tmp_path, '--devices=/gpu:0',
                                       *args], own)
     assert status == 1
-    assert line == ('prog: error: --devices=/gpu:0: TensorFlow sees no GPU here though an '
-                    'NVIDIA driver is (%s); pip install -r requirements-gpu.txt (TensorFlow '
-                    'with its CUDA libraries)' % devices.nvidia_driver())
+    assert line == ('prog: error: --devices=/gpu:0: no device /gpu:0 here: TensorFlow sees no '
+                    'GPU though an NVIDIA driver is (%s); pip install -r requirements-gpu.txt '
+                    '(TensorFlow with its CUDA libraries)' % devices.nvidia_driver())
 
 
 def test_the_benchmark_says_so_too(fake_driver, capsys):

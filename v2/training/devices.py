@@ -103,10 +103,10 @@ def check_gpus_seen(physical, devices: Sequence[str], out: Callable):
     driver = nvidia_driver()
     named = _gpu_indices(devices)
     if named:
-        raise UserError('devices=%s: TensorFlow sees no GPU here%s; %s'
-                        % (','.join(devices), ' though an NVIDIA driver is (%s)' % driver
-                           if driver else '', GPU_INSTALL if driver else 'drop devices'),
-                        settings=('devices',))
+        raise UserError('devices=%s: no device /gpu:%d here: TensorFlow sees no GPU%s'
+                        % (','.join(devices), named[0],
+                           ' though an NVIDIA driver is (%s); %s' % (driver, GPU_INSTALL)
+                           if driver else ' on this machine'), settings=('devices',))
     if driver and not devices:
         out('warning: an NVIDIA driver is here (%s) but TensorFlow sees no GPU, so this runs '
             'on the CPU; %s' % (driver, GPU_INSTALL))
