@@ -5,7 +5,9 @@ program tests); `python -m pytest -m slow` the tests marked slow (subprocesses,
 faults and signals, distributed training, experiments, the largest nets). Both run
 on the CPU with every GPU hidden (CUDA_VISIBLE_DEVICES=-1, inherited by the programs
 they start), so that they pass alike on a GPU machine: their numbers are compared
-with numpy in IEEE float32, and two local workers cannot share one GPU.
+with numpy in IEEE float32, and two local workers cannot share one GPU. Their
+process has two logical CPUs, for in-process tests of two replicas (the default
+strategy computes on the first).
 `python -m pytest -m gpu` runs the GPU tier (tests/test_gpu.py) on the visible GPUs,
 each test skipped with the reason where TensorFlow sees none.
 """
@@ -33,6 +35,11 @@ def pytest_configure(config):
             tf.config.experimental.set_memory_growth(gpu, True)
     else:
         os.environ['CUDA_VISIBLE_DEVICES'] = '-1'
+        # Two logical CPUs, for in-process tests of two replicas.
+        import tensorflow as tf
+        tf.config.set_logical_device_configuration(
+            tf.config.list_physical_devices('CPU')[0],
+            [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
 def pytest_report_header(config):

@@ -97,3 +97,17 @@ def softmax_cross_entropy(logits, labels, smoothing=0.0):
     k = logits.shape[1]
     targets = np.eye(k)[labels] * (1 - smoothing) + smoothing / k
     return -(targets * log_p).sum(axis=1)
+
+
+def preact_resnet_logits(net, x):
+    """He et al. 2016's pre-activation ResNet with option A shortcuts at evaluation, from
+    its weights: stem conv, the units, final BN -> ReLU, global average pool, linear.
+    x: mean-subtracted images [N, 32, 32, 3]."""
+    x = conv(x, net.stem.kernel.numpy())
+    for units in net.stages:
+        for unit in units:
+            branch, pre = preact_basic(x, unit)
+            source = pre if unit.share_preact else x      # the first unit shares BN -> ReLU
+            x = branch + option_a(source, branch.shape[-1], unit.conv1.stride)
+    features = relu(bn_of(net.final_bn)(x)).mean(axis=(1, 2))
+    return features @ net.fc.kernel.numpy() + net.fc.bias.numpy()

@@ -6,8 +6,10 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 from v2.cli import app, flags
 from v2.tools import benchmark, gpu_report
 
+NAMES = {1: 'volta_sgemm', 2: 'MemcpyHtoD', 3: 'fusion_12'}
 
-def _space(streams, names={1: 'volta_sgemm', 2: 'MemcpyHtoD', 3: 'fusion_12'}):
+
+def _space(streams, names=NAMES):
     """An XSpace with one GPU plane; streams: {line name: (timestamp_ns, [(id, start_ps,
     duration_ps)])}, and a host plane whose events must be ignored."""
     space = xplane_pb2.XSpace()

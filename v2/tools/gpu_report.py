@@ -46,6 +46,7 @@ from v2.training import precision as precision_lib
 FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAPER_ITERATIONS = 64000           # He et al. 2015, section 4.2: 64k iterations at batch 128
+PROFILED = (40, 60)                # the steps of the profiler trace: after tracing and warm-up
 
 
 def busy_share(space) -> float | None:
@@ -164,7 +165,7 @@ def measure_rows(rows, data_path, folder, timing, deadline, used, out):
             '; Keras fit %.0f img/s' % row.keras if row.keras else ''))
 
 
-def profile_busy(data_path, folder, precision, steps=(40, 60)):
+def profile_busy(data_path, folder, precision, steps=PROFILED):
     """The busy share of the GPU over steps[0]..steps[1] of a real ResNet-20 run (XLA on)."""
     logdir = os.path.join(folder, 'profile')
     config = model.ModelConfig(num_layers=20)
@@ -201,7 +202,8 @@ def save_seconds(folder, repeats=3):
     return statistics.median(times)
 
 
-def markdown(header, tier, rows, busy, save, timing, busy_precision):
+def markdown(header, tier, rows, busy, save, timing, busy_precision, batch=128,
+             profiled=PROFILED):
     """The report as Markdown, with the commands that made it."""
     lines = ['# %s' % header[0].replace('device: ', ''), '',
              'Written by `python -m v2.tools.gpu_report %s` on %s.'
@@ -211,11 +213,11 @@ def markdown(header, tier, rows, busy, save, timing, busy_precision):
     lines += [''] + ['- %s' % failure for failure in tier[2]]
     lines += ['', '## Training speed', '',
               'Images/second of the trainer on its real input pipeline (median of %d windows '
-              'of %d steps after %d warm-up steps, batch 128), and of a Keras 3 `model.fit` of '
+              'of %d steps after %d warm-up steps, batch %d), and of a Keras 3 `model.fit` of '
               'the same net at the same precision, with uint8 batches augmented by Keras '
               'layers inside the model and Keras\'s own XLA choice (`jit_compile=\'auto\'`). '
               'float32 runs with TF32, TensorFlow\'s default.'
-              % (timing.windows, timing.steps, timing.warmup_windows * timing.steps), '',
+              % (timing.windows, timing.steps, timing.warmup_windows * timing.steps, batch), '',
               '| network | precision | XLA | trainer img/s | Keras fit img/s | trainer / Keras |',
               '|---|---|---|---:|---:|---:|']
     keras = {(r.depth, r.computed): r for r in rows if r.keras}
@@ -230,9 +232,10 @@ def markdown(header, tier, rows, busy, save, timing, busy_precision):
             '%.0f%s' % (k.keras, ' (XLA)' if k.keras_xla else '') if k else '',
             '%.2fx' % (r.trainer / k.keras) if k else ''))
     lines += ['', '## The GPU during a step', '']
-    lines.append('Busy share (kernel time over wall time, from a profiler trace of steps 40-60 '
-                 'of ResNet-20, %s, XLA on): %s' % (busy_precision, '%.0f%%' % (100 * busy)
-                                                  if busy is not None else 'not measured'))
+    lines.append('Busy share (kernel time over wall time, from a profiler trace of steps %d-%d '
+                 'of ResNet-20, %s, XLA on): %s'
+                 % (*profiled, busy_precision, '%.0f%%' % (100 * busy) if busy is not None
+                    else 'not measured'))
     best = max((r for r in rows if r.depth == 110 and r.trainer), key=lambda r: r.trainer,
                default=None)
     lines += ['', 'One save of ResNet-110\'s state: %.2f s.' % save]
@@ -240,7 +243,7 @@ def markdown(header, tier, rows, busy, save, timing, busy_precision):
         lines.append('Projected time of the paper\'s 64,000-iteration ResNet-110 run at %.0f '
                      'img/s (%s, XLA %s), with a save every 1,000 steps: %.1f hours.'
                      % (best.trainer, best.computed, 'on' if best.xla else 'off',
-                        projected_hours(best.trainer, save)))
+                        projected_hours(best.trainer, save, batch)))
     return '\n'.join(lines) + '\n'
 
 
@@ -276,7 +279,8 @@ def main(argv):
         print('GPU busy during ResNet-20 steps: %s'
               % ('%.0f%%' % (100 * busy) if busy is not None else 'not measured'))
         save = save_seconds(folder)
-    text = markdown(header, tier, rows, busy, save, timing, busy_precision)
+    text = markdown(header, tier, rows, busy, save, timing, busy_precision,
+                    flags.recipe().batch_size)
     slug = re.sub(r'[^a-z0-9]+', '-', used[0].description.lower()).strip('-')
     folder = FLAGS.out if FLAGS['out'].present else os.path.join(ROOT, 'docs')
     path = os.path.join(folder, 'gpu_%s.md' % slug)
