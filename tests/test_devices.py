@@ -237,7 +237,7 @@ def test_the_device_path_with_xla_and_several_steps_a_call_trains_as_the_host_pa
     another order than oneDNN's, so the weights agree to float32 rounding over 4 steps."""
     import numpy as np
     from conftest import model_weights
-    recipe = tiny_recipe(num_iterations=4, deterministic=True, cutout=4)
+    recipe = tiny_recipe(num_iterations=4, cutout=4)    # op determinism would outlive the test
     host = loop.train(ModelConfig(num_layers=8), recipe,
                       tiny_options(tmp_path / 'host', prepare_batches='host'),
                       str(session_data), out=quiet)

@@ -152,14 +152,14 @@ def test_zero_initialised_branches_start_every_unit_as_its_shortcut():
 
 
 def test_weight_averages_move_by_their_rate_at_the_step():
-    """At step 0 the averages take d = min(decay, (1 + 0) / (10 + 0)) = 0.1 of the old
-    value: average = 0.1 * w0 + 0.9 * w1."""
-    the_recipe = recipe(ema_decay=0.999)
+    """At step 0 the averages keep d = min(decay, (1 + 0) / (10 + 0)) of the old value; with
+    decay 0.05 that is the decay itself: average = 0.05 * w0 + 0.95 * w1."""
+    the_recipe = recipe(ema_decay=0.05)
     state = state_of(the_recipe)
     before = [v.numpy().astype(np.float64) for v in state.model.variables]
     train(state, the_recipe, [batch()])
     for w0, w1, average in zip(before, state.model.variables, state.ema.averages):
-        np.testing.assert_allclose(average.numpy(), 0.1 * w0 + 0.9 * w1.numpy(), rtol=1e-5,
+        np.testing.assert_allclose(average.numpy(), 0.05 * w0 + 0.95 * w1.numpy(), rtol=1e-5,
                                    atol=1e-7)
 
 
