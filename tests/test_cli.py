@@ -17,7 +17,7 @@ from conftest import ROOT, all_tensors, error_lines, run_script
 
 from v2.cli import app, evaluator, flags, trainer
 from v2.nets import model
-from v2.training import checkpoint
+from v2.runtime import checkpoint
 
 TINY_RUN = ['--num_layers=8', '--batch_size=8', '--log_per_iterations=2',
             '--lr_boundaries=3', '--lr_values=0.05,0.005']

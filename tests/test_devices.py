@@ -14,8 +14,9 @@ import v2.cli
 from v2.cli import app, evaluator, flags, trainer
 from v2.errors import UserError
 from v2.nets.model import ModelConfig
-from v2.training import devices, loop
-from v2.training.devices import Device
+from v2.runtime import devices
+from v2.runtime.devices import Device
+from v2.training import loop, preflight
 from v2.training.recipe import Recipe
 
 A100 = Device('GPU', 'NVIDIA A100-SXM4-80GB', (8, 0))
@@ -158,12 +159,13 @@ RESNET = ModelConfig(num_layers=20)
 def test_xla_with_determinism_and_max_pooling_on_a_gpu_is_refused_when_asked_for():
     with pytest.raises(UserError, match='jit_compile with deterministic for model=vgg on a '
                                         'GPU: XLA refuses the gradient of max pooling'):
-        loop.use_xla(True, _recipe(deterministic=True), VGG, 1, [A100], quiet)
+        preflight.use_xla(True, _recipe(deterministic=True), VGG, 1, [A100], quiet)
 
 
 def test_by_default_such_a_run_goes_without_xla_and_says_so_first():
     lines = []
-    assert loop.use_xla(None, _recipe(deterministic=True), VGG, 1, [A100], lines.append) is False
+    assert preflight.use_xla(None, _recipe(deterministic=True), VGG, 1, [A100],
+                             lines.append) is False
     assert lines == ['note: XLA is off for this run (it would be on here): deterministic for '
                      'model=vgg on a GPU: XLA refuses the gradient of max pooling '
                      '(select-and-scatter) under op determinism']
@@ -178,7 +180,7 @@ def test_by_default_such_a_run_goes_without_xla_and_says_so_first():
 ])
 def test_other_combinations_keep_their_xla(jit, recipe, config, used, expected):
     lines = []
-    assert loop.use_xla(jit, recipe, config, 1, used, lines.append) is expected
+    assert preflight.use_xla(jit, recipe, config, 1, used, lines.append) is expected
     assert lines == []
 
 

@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 from conftest import ROOT, error_lines, model_weights, run_script, write_cifar
 
-from v2.training import distribution
+from v2.runtime import distribution
 
 # A weight decay large enough that doubling it (a per-replica decay summed twice) moves the
 # weights a hundred times further than the float noise between two strategies.

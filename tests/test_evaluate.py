@@ -12,7 +12,8 @@ from conftest import quiet, tiny_options, tiny_recipe
 from v2.errors import UserError
 from v2.evaluation import evaluate
 from v2.nets.model import ModelConfig
-from v2.training import checkpoint, loop
+from v2.runtime import checkpoint
+from v2.training import loop
 
 
 class Lookup(tf.Module):

@@ -87,7 +87,7 @@ def test_the_float32_check_computes_its_reference_in_ieee_float32(exported, trai
     TFLite's interpreter in IEEE float32: a correct file could be refused."""
     import shutil
 
-    from v2.training import checkpoint
+    from v2.runtime import checkpoint
     folder = tmp_path / 'saved'
     shutil.copytree(exported, folder)
     load, seen = tf.saved_model.load, []

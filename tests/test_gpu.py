@@ -123,7 +123,7 @@ def test_every_spelling_of_a_gpu_trains_on_it(session_data, tmp_path, spelling):
 MEMORY = """
 import os, shutil, subprocess
 import tensorflow as tf
-from v2.training import devices
+from v2.runtime import devices
 devices.setup('default')
 x = tf.random.normal([256, 256]) @ tf.random.normal([256, 256])
 x.numpy()

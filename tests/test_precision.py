@@ -6,11 +6,12 @@ import tensorflow as tf
 from conftest import quiet, tiny_options, tiny_recipe
 
 from v2.nets import model
-from v2.training import devices, loop, precision
-from v2.training.devices import Device
+from v2.runtime import devices, precision
+from v2.runtime.devices import Device
+from v2.training import loop
 from v2.training.optimizer import Momentum
 from v2.training.schedule import Schedule
-from v2.training.step import METRICS, StepParts, Window, make_train_steps, make_window_end
+from v2.training.step import StepParts, Window, WindowReader, make_train_steps
 
 TINY = model.ModelConfig(num_layers=8)
 A100 = Device('GPU', 'NVIDIA A100-SXM4-80GB', (8, 0))
@@ -86,18 +87,18 @@ def _step(dtype, loss_scale=None, rate=0.05):
     batches = iter(tf.data.Dataset.from_tensors(
         (tf.cast(images, tf.uint8), tf.constant([0, 1, 2, 3]))).repeat())
     steps = make_train_steps(parts)
-    read = make_window_end(parts.window, tf.distribute.get_strategy(), False, loss_scale)
+    read = WindowReader(parts.window, tf.distribute.get_strategy(), loss_scale=loss_scale)
 
     def run(n):
         steps(batches, tf.constant(n, tf.int64))
-        return read(tf.zeros([2])).numpy()
+        return read()
     return net, run
 
 
 def test_bfloat16_step_keeps_float32_variables_and_learns():
     net, run = _step(tf.bfloat16)
     assert net(tf.zeros([1, 32, 32, 3])).dtype == tf.float32    # logits come back float32
-    losses = [run(1)[0] for _ in range(8)]
+    losses = [run(1)['loss'] for _ in range(8)]
     assert all(v.dtype == tf.float32 for v in net.variables)
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
 
@@ -106,12 +107,12 @@ def test_float16_overflow_skips_the_step_and_lowers_the_scale():
     scale = precision.DynamicLossScale(initial=2.0 ** 40)     # overflows float16 gradients
     net, run = _step(tf.float16, scale)
     before = [v.numpy().copy() for v in net.trainable_variables]
-    vector = run(1)
-    assert vector[len(METRICS) + 1] == 1 and vector[len(METRICS) + 3] == 2.0 ** 39  # skipped
+    window = run(1)
+    assert window['skipped'] == 1 and window['loss_scale'] == 2.0 ** 39  # skipped
     for b, v in zip(before, net.trainable_variables):
         np.testing.assert_array_equal(b, v.numpy())
-    vector = run(30)                                         # it keeps halving until finite
-    assert vector[len(METRICS) + 3] < 2.0 ** 20 and vector[len(METRICS)] > 0
+    window = run(30)                                         # it keeps halving until finite
+    assert window['loss_scale'] < 2.0 ** 20 and window['updated'] > 0
     assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, net.trainable_variables))
 
 

@@ -1,7 +1,7 @@
 """Every setting of the recipe reaches the numbers, through the trainer's own assembly.
 
-Each test builds the training state and the step as the trainer does (loop.build_state,
-loop.step_parts, make_train_steps), changes one setting, and checks the numbers that
+Each test builds the training state and the step as the trainer does (TrainState.create,
+train_steps, window_reader), changes one setting, and checks the numbers that
 setting must change against a value computed here (numpy, or a formula in the
 docstring), and, where it matters, that nothing else changed. A setting dropped or
 mis-wired between the recipe and the computation fails its test, even where every
@@ -20,10 +20,11 @@ from conftest import quiet, tiny_options, tiny_recipe
 from v2.data import cifar, pipeline
 from v2.nets import model
 from v2.nets.model import ModelConfig
-from v2.training import distribution, loop
+from v2.runtime import distribution
+from v2.training import inputs, loop
 from v2.training.recipe import Recipe
 from v2.training.schedule import Schedule
-from v2.training.step import METRICS, make_train_steps, make_window_end
+from v2.training.state import TrainState
 
 TINY = ModelConfig(num_layers=8)
 MEAN = np.full([32, 32, 3], 120.0, np.float32)
@@ -49,20 +50,18 @@ def batch(seed=0, size=8, prepared=True):
 
 
 def state_of(the_recipe, cluster=ONE, config=TINY):
-    return loop.build_state(config, the_recipe, cluster, tf.float32, MEAN)
+    return TrainState.create(config, the_recipe, cluster.strategy, tf.float32, MEAN)
 
 
 def train(state, the_recipe, batches, steps=1, cluster=ONE):
     """Runs `steps` steps of the trainer's traced step; returns the window's sums by name."""
-    train_steps = make_train_steps(loop.step_parts(state, the_recipe), cluster.strategy,
-                                   the_recipe.batch_size)
+    train_steps = state.train_steps(the_recipe, cluster.strategy)
     data = tf.data.Dataset.from_tensor_slices(tuple(np.stack(b) for b in zip(*batches)))
     if cluster.distributed:
         data = cluster.strategy.experimental_distribute_dataset(
             data.unbatch().batch(the_recipe.batch_size))
     train_steps(iter(data), tf.constant(steps, tf.int32))
-    vector = make_window_end(state.window, cluster.strategy, False)(tf.zeros([2])).numpy()
-    return dict(zip(METRICS + ('updated', 'skipped', 'first_bad'), vector))
+    return state.window_reader(cluster.strategy)()
 
 
 def weights(net):
@@ -197,10 +196,10 @@ def test_cutout_reaches_the_steps_batches(session_data):
     """The same crops and flips (one seed, one step), then a square of zeros (the mean
     pixel) in each image: more zero pixels than the crop's padding alone, at most a
     size x size square more."""
-    data = loop.load_training_data(TINY, recipe(), str(session_data))
+    data = inputs.load_training_data(TINY, recipe(), str(session_data))
     zeros = {}
     for size in (0, 8):
-        batches = loop.training_batches(data, recipe(cutout=size), 0, True, data.mean)
+        batches = inputs.training_batches(data, recipe(cutout=size), 0, True, data.mean)
         images, _ = next(iter(batches))
         zeros[size] = (images.numpy() == 0).all(axis=-1).sum(axis=(1, 2))
     extra = zeros[8] - zeros[0]
@@ -209,10 +208,10 @@ def test_cutout_reaches_the_steps_batches(session_data):
 
 @pytest.mark.parametrize('on_host', [True, False])
 def test_the_seed_picks_the_data_order(session_data, on_host):
-    data = loop.load_training_data(TINY, recipe(), str(session_data))
+    data = inputs.load_training_data(TINY, recipe(), str(session_data))
 
     def first_labels(seed):
-        batches = loop.training_batches(data, recipe(seed=seed, batch_size=16), 0, on_host,
+        batches = inputs.training_batches(data, recipe(seed=seed, batch_size=16), 0, on_host,
                                         data.mean)
         return [labels.numpy().tolist() for _, labels in batches.take(3)]
     assert first_labels(1) == first_labels(1) != first_labels(2)
@@ -329,12 +328,12 @@ def test_the_evaluators_figures_are_numpys_forward_pass_in_evaluation_mode(train
 def test_a_resumed_run_goes_on_from_the_checkpoints_weight_averages(session_data, tmp_path):
     """Restoring a run with weight averages gives its averages the values the checkpoint
     holds (read with TensorFlow's checkpoint reader), not the new net's random start."""
-    from v2.training import checkpoint
+    from v2.runtime import checkpoint
     the_recipe = tiny_recipe(num_iterations=4, ema_decay=0.9)
     first = loop.train(TINY, the_recipe, tiny_options(tmp_path), str(session_data), out=quiet)
     reader = tf.train.load_checkpoint(first.checkpoint)
-    state = loop.build_state(TINY, the_recipe, ONE, tf.float32, MEAN)
-    loop.restore(state, the_recipe, checkpoint.Saved(first.checkpoint), quiet)
+    state = state_of(the_recipe)
+    state.restore(the_recipe, checkpoint.Saved(first.checkpoint), quiet)
     saved = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
              if k.startswith('ema/')}
     assert len(saved) == len(state.ema.averages)
@@ -369,7 +368,7 @@ def test_coarse_labels_read_the_coarse_byte_of_cifar100(tmp_path):
     for extra, column, classes in ((['--coarse_labels'], 0, 20), ([], 1, 100)):
         config = _flags_of(['--dataset=cifar100', *extra], flags.model_config)
         assert config.num_classes == classes
-        data = loop.load_training_data(config, recipe(), str(tmp_path))
+        data = inputs.load_training_data(config, recipe(), str(tmp_path))
         assert data.labels.numpy().tolist() == written[:, column].tolist()
 
 

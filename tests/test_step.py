@@ -7,10 +7,10 @@ import tensorflow as tf
 
 from v2.data import pipeline
 from v2.nets import layers, model
-from v2.training.ema import WeightAverage
+from v2.runtime.ema import WeightAverage
 from v2.training.optimizer import Momentum
 from v2.training.schedule import Schedule
-from v2.training.step import METRICS, StepParts, Window, make_train_steps, make_window_end
+from v2.training.step import StepParts, Window, WindowReader, make_train_steps
 
 
 def _parts(net, **changes):
@@ -28,8 +28,7 @@ def _batch(size=8, seed=0):
 
 
 def _sums(parts):
-    vector = make_window_end(parts.window, tf.distribute.get_strategy(), False)(tf.zeros([2]))
-    return dict(zip(METRICS + ('updated', 'skipped', 'first_bad'), vector.numpy()))
+    return WindowReader(parts.window, tf.distribute.get_strategy())()
 
 
 @pytest.mark.parametrize('smoothing', [0.0, 0.2])
@@ -106,7 +105,7 @@ def test_a_non_finite_gradient_skips_the_whole_step_under_skip_step():
     net = model.cifar_resnet(8)
     images, labels = _batch()
     average = WeightAverage(net, 0.9)
-    parts = _parts(net, skip_non_finite=True, ema=average,
+    parts = _parts(net, nan_policy='skip_step', ema=average,
                    pixel_mean=tf.Variable(tf.fill([32, 32, 3], float('nan'))))
     kept = list(net.variables) + list(parts.optimizer.variables) + list(average.averages)
     before = [v.numpy().copy() for v in kept]       # weights, statistics, momentum, averages

@@ -12,8 +12,10 @@ from conftest import all_tensors, quiet, tiny_options, tiny_recipe
 from v2.data import cifar
 from v2.errors import UserError
 from v2.nets.model import ModelConfig
-from v2.training import checkpoint, loop
+from v2.runtime import checkpoint
+from v2.training import actions, inputs, loop, preflight
 from v2.training.schedule import Schedule
+from v2.training.step import WindowReader
 
 TINY = ModelConfig(num_layers=8)
 
@@ -74,27 +76,27 @@ def test_batches_prepared_on_the_host_train_the_weights_the_device_path_does(ses
 
 
 def test_auto_prepares_batches_on_the_host_only_on_one_cpu():
-    from v2.training.distribution import Cluster
+    from v2.runtime.distribution import Cluster
     one, mirrored = (Cluster(tf.distribute.get_strategy(), name)
                      for name in ('default', 'mirrored'))
-    assert loop.prepares_on_host('auto', False, one)
-    assert not loop.prepares_on_host('auto', True, one)
-    assert not loop.prepares_on_host('auto', False, mirrored)
-    assert not loop.prepares_on_host('device', False, one)
-    assert loop.prepares_on_host('host', True, one)
+    assert inputs.prepares_on_host('auto', False, one)
+    assert not inputs.prepares_on_host('auto', True, one)
+    assert not inputs.prepares_on_host('auto', False, mirrored)
+    assert not inputs.prepares_on_host('device', False, one)
+    assert inputs.prepares_on_host('host', True, one)
     with pytest.raises(UserError, match='prepare_batches=host: only one-device runs'):
-        loop.prepares_on_host('host', False, mirrored)
+        inputs.prepares_on_host('host', False, mirrored)
 
 
 def test_a_one_cpu_run_prepares_its_batches_on_the_host(session_data, tmp_path, monkeypatch):
     seen = []
-    prepare_where = loop.training_batches
+    prepare_where = inputs.training_batches
 
     def spy(data, recipe, start, on_host, mean):
         batches = prepare_where(data, recipe, start, on_host, mean)
         seen.append((on_host, batches.element_spec[0].dtype))
         return batches
-    monkeypatch.setattr(loop, 'training_batches', spy)
+    monkeypatch.setattr(inputs, 'training_batches', spy)
     loop.train(TINY, tiny_recipe(num_iterations=2), tiny_options(tmp_path), str(session_data),
                out=quiet)
     assert seen == [(True, tf.float32)]
@@ -123,7 +125,7 @@ def test_saves_come_at_their_cadence_at_the_end_and_on_a_stop_request(session_da
 
 def test_saving_by_time(session_data, tmp_path, monkeypatch):
     clock = iter(range(0, 10000, 40))                          # 40 "seconds" a reading
-    monkeypatch.setattr(loop.time, 'monotonic', lambda: next(clock))
+    monkeypatch.setattr(actions.time, 'monotonic', lambda: next(clock))
     loop.train(TINY, tiny_recipe(num_iterations=6),
                tiny_options(tmp_path, log_per_iterations=1, save_every=10 ** 9,
                             save_every_secs=100, max_to_keep=10), str(session_data), out=quiet)
@@ -133,8 +135,9 @@ def test_saving_by_time(session_data, tmp_path, monkeypatch):
 
 def test_each_window_is_read_from_the_device_once(session_data, tmp_path, monkeypatch):
     reads = []
-    real_read = loop.read
-    monkeypatch.setattr(loop, 'read', lambda tensor: reads.append(1) or real_read(tensor))
+    real_read = WindowReader.__call__
+    monkeypatch.setattr(WindowReader, '__call__',
+                        lambda reader, *requests: reads.append(1) or real_read(reader, *requests))
     records = []
     loop.train(TINY, tiny_recipe(num_iterations=9),
                tiny_options(tmp_path, log_per_iterations=3, steps_per_call=2),
@@ -235,8 +238,8 @@ def test_a_run_resumed_with_weight_averages_newly_on_starts_them_from_the_weight
 
 def test_a_disk_too_full_for_the_checkpoints_is_refused_before_training(session_data, tmp_path,
                                                                        monkeypatch):
-    usage = loop.shutil.disk_usage(str(tmp_path))
-    monkeypatch.setattr(loop.shutil, 'disk_usage', lambda path: usage._replace(free=100_000))
+    usage = preflight.shutil.disk_usage(str(tmp_path))
+    monkeypatch.setattr(preflight.shutil, 'disk_usage', lambda path: usage._replace(free=100_000))
     with pytest.raises(UserError, match=r'MB free, but 6 checkpoints of .* need'):
         loop.train(TINY, tiny_recipe(), tiny_options(tmp_path), str(session_data), out=quiet)
     assert not os.listdir(tmp_path / 'ckpt')

@@ -4,9 +4,11 @@ The library, in the order data flows through it (importing it sets no flags and
 touches no file descriptor):
   data/        the CIFAR record formats, file checks, the input pipelines, download
   nets/        layers, residual units, the ResNet and VGG classes, ModelConfig and build
-  training/    the recipe, schedule, optimizer, precision, devices, distribution,
-               the traced step, the loop, checkpoints
+  runtime/     devices, precision, distribution strategies, the checkpoint's layout,
+               weight averages: what training and evaluation both use
   evaluation/  test-set metrics, SavedModel and TFLite export
+  training/    the recipe, schedule, optimizer, the traced step, the training state,
+               the checks before the first step, the loop and its actions
 The command line and the tools:
   cli/         the flags of every command, one-line errors, the trainer's and
                evaluator's main functions (run_trainer.py, run_evaluator.py)

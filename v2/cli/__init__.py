@@ -67,7 +67,7 @@ def _import_tensorflow_quietly():
             os.close(saved)
             del os.environ['TF_CPP_MIN_LOG_LEVEL']
         captured.seek(0)
-        from v2.training.devices import nvidia_driver
+        from v2.runtime.devices import nvidia_driver
         for line in replayed(captured.read().decode(errors='replace'), bool(nvidia_driver())):
             sys.stderr.write(line + '\n')
 

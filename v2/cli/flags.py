@@ -15,8 +15,9 @@ from absl import flags
 from v2.data import cifar
 from v2.errors import UserError
 from v2.nets import layers, model
-from v2.training import distribution, precision, schedule
+from v2.runtime import distribution, precision
 from v2.training import recipe as recipe_lib
+from v2.training import schedule
 
 FLAGS = flags.FLAGS
 

@@ -6,7 +6,7 @@ from v2.cli import app, flags
 from v2.data import download
 from v2.errors import UserError
 from v2.nets import model
-from v2.training import loop
+from v2.training import inputs, loop
 
 FLAGS = flags.FLAGS
 
@@ -24,7 +24,7 @@ def main(argv):
                           FLAGS.download_md5)
     if FLAGS.dry_run:
         print(model.summary(model.build(model_config)))
-        loop.dry_run(model_config, recipe, data_path)
+        inputs.dry_run(model_config, recipe, data_path)
         return 0
     result = loop.train(model_config, recipe, options, data_path)
     if result.stopped_by:

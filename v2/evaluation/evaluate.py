@@ -19,10 +19,10 @@ import tensorflow as tf
 from v2.data import cifar, pipeline
 from v2.errors import UserError
 from v2.nets.model import build
-from v2.training import checkpoint
-from v2.training import devices as devices_lib
-from v2.training import precision as precision_lib
-from v2.training.ema import WeightAverage
+from v2.runtime import checkpoint
+from v2.runtime import devices as devices_lib
+from v2.runtime import precision as precision_lib
+from v2.runtime.ema import WeightAverage
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from v2.data import cifar, pipeline
 from v2.errors import UserError
-from v2.training import devices
+from v2.runtime import devices
 
 
 class Serving(tf.Module):

@@ -37,10 +37,11 @@ from v2.data import cifar, pipeline
 from v2.errors import UserError
 from v2.evaluation.evaluate import Evaluator
 from v2.nets import model
+from v2.runtime import devices, distribution
+from v2.runtime import precision as precision_lib
 from v2.tools import conv_timing
-from v2.training import devices, distribution, loop
-from v2.training import precision as precision_lib
-from v2.training.step import make_train_steps, make_window_end
+from v2.training import inputs, loop, preflight
+from v2.training.state import TrainState
 
 FLAGS = flags.FLAGS
 
@@ -125,7 +126,7 @@ def time_trainer(model_config, recipe, options, data_path, timing):
 def time_in_memory_step(model_config, recipe, options, dtype, timing, jit, used):
     """Images/second of the trainer's traced step fed one batch held in memory.
 
-    The state and step are the trainer's own (loop.build_state, loop.step_parts: every
+    The state and step are the trainer's own (TrainState.create and train_steps: every
     setting of the recipe), under the same strategy, and the batch takes the trainer's
     way to the device (prefetched to the GPU, or split into per-replica batches); it
     is uint8 where the trainer prepares its batches in the step and float32, prepared
@@ -137,14 +138,13 @@ def time_in_memory_step(model_config, recipe, options, dtype, timing, jit, used)
     cluster = distribution.make_cluster(options.distribution_strategy, options.devices,
                                         options.cpu_devices, gpus=on_gpu)
     mean = np.full([32, 32, 3], 120.0, np.float32)
-    state = loop.build_state(model_config, recipe, cluster, dtype, mean)
-    steps = make_train_steps(loop.step_parts(state, recipe), cluster.strategy,
-                             recipe.batch_size, jit)
-    window_end = make_window_end(state.window, cluster.strategy, False, state.loss_scale)
+    state = TrainState.create(model_config, recipe, cluster.strategy, dtype, mean)
+    steps = state.train_steps(recipe, cluster.strategy, jit)
+    read_window = state.window_reader(cluster.strategy)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, [recipe.batch_size, 32, 32, 3], dtype=np.uint8)
     labels = rng.integers(0, model_config.num_classes, [recipe.batch_size], dtype=np.int32)
-    if loop.prepares_on_host(options.prepare_batches, on_gpu, cluster):
+    if inputs.prepares_on_host(options.prepare_batches, on_gpu, cluster):
         images = pipeline.normalize(images, mean)
     batches = iter(distribution.distribute_batches(
         cluster, lambda: tf.data.Dataset.from_tensors((images, labels)).repeat(),
@@ -154,7 +154,7 @@ def time_in_memory_step(model_config, recipe, options, dtype, timing, jit, used)
         start = time.perf_counter()
         for n in calls(timing.steps, options.steps_per_call):
             steps(batches, tf.constant(n, tf.int32))
-        window_end(tf.zeros([2])).numpy()                 # waits for the device
+        read_window()                                     # waits for the device
         rates.append(timing.steps * recipe.batch_size / (time.perf_counter() - start))
     return timing.timed(rates)
 
@@ -238,7 +238,7 @@ def main(argv):
     dtype = precision_lib.compute_dtype(recipe.precision, used)
     replicas = (max(len(used), FLAGS.cpu_devices, 1)
                 if FLAGS.distribution_strategy == 'mirrored' else 1)
-    jit = loop.use_xla(FLAGS.jit_compile, recipe, model_config, replicas, used)
+    jit = preflight.use_xla(FLAGS.jit_compile, recipe, model_config, replicas, used)
     b = recipe.batch_size
     timing = Timing(-(-FLAGS.warmup_steps // FLAGS.window_steps), FLAGS.windows,
                     FLAGS.window_steps)

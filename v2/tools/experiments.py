@@ -47,8 +47,10 @@ from v2.data import cifar
 from v2.errors import UserError
 from v2.evaluation import evaluate
 from v2.nets import model
+from v2.runtime import devices
 from v2.tools import catalog
-from v2.training import devices, loop
+from v2.training import loop
+from v2.training.recipe import Recipe, RunOptions
 
 FLAGS = flags.FLAGS
 NETWORKS = ('plain', 'resnet')
@@ -72,6 +74,98 @@ def _integers(name):
     if not values:
         raise UserError('--%s: give at least one value' % name)
     return values
+
+
+@dataclasses.dataclass
+class Grid:
+    """What every experiment command reads from its flags, read and checked once by
+    main(): the data, the recipe, the seeds, the work folder, the runs' options. The
+    commands and their helpers take it; none reads a flag."""
+    data_path: str
+    train_images: int
+    test_images: int
+    recipe: Recipe
+    seeds: list
+    folder: str                  # --work_dir: one folder per run
+    out: str                     # where the results go
+    options: RunOptions          # the runs' own, with their folders set per run
+    devices: tuple = ()
+
+    @property
+    def log_every(self):
+        return self.options.log_per_iterations
+
+    def check_work_dir(self, spec):
+        """Refuses a work_dir whose runs were made with another recipe (their points would
+        mix); records this one's."""
+        os.makedirs(self.folder, exist_ok=True)
+        path = os.path.join(self.folder, 'recipe.json')
+        if os.path.exists(path):
+            with open(path) as f:
+                before = json.load(f)
+            changed = sorted(k for k in set(before) | set(spec) if before.get(k) != spec.get(k))
+            if changed:
+                raise UserError('--work_dir=%s holds runs made with another %s; choose another '
+                                '--work_dir (nothing there was changed)'
+                                % (self.folder, ', '.join(changed)))
+        with open(path, 'w') as f:
+            json.dump(spec, f, indent=1, sort_keys=True)
+
+    def spec(self, config):
+        """What makes figure6's and table's runs comparable (the same for both, so that a
+        table can be made of a figure's runs without training them again): the recipe
+        but its seed, the net, the record cadence and the data."""
+        return spec_of(self.recipe, config, record_every=self.log_every,
+                       eval_every=self.options.eval_every, data=self.train_images)
+
+    def label(self):
+        return data_label(self.train_images, self.test_images, self.recipe.validation_split)
+
+    def train(self, run, index, count):
+        """Trains one run to its end (or resumes it); returns its Points."""
+        print('run %d/%d: %s (%s)' % (index, count, run.name, run.folder), flush=True)
+        points = Points(run.folder)
+        options = dataclasses.replace(self.options, ckpt_path=run.folder,
+                                      log_path=os.path.join(run.folder, 'logs'), max_to_keep=1,
+                                      save_every=self.log_every)
+        result = loop.train(run.model_config, run.recipe, options, self.data_path,
+                            out=lambda line: print('  [%s] %s' % (run.name, line), flush=True),
+                            on_record=points)
+        if result.stopped_by:           # Ctrl-C or SIGTERM stops the grid, not just this run
+            sys.exit(128 + result.stopped_by)
+        return points
+
+    def test_error(self, run, tta=False):
+        """The test error of a run's final checkpoint, evaluated as run_evaluator.py does."""
+        (_, _, metrics), = evaluate.evaluate_checkpoints(
+            run.folder, self.data_path, batch_size=self.options.eval_batch_size,
+            out=lambda line: None, tta=tta)
+        return metrics.error
+
+
+def read_grid(command):
+    """The Grid the flags describe for `command`, its data checked."""
+    if not FLAGS.data_path:
+        raise UserError('--data_path: give the folder of the CIFAR-10 binary files')
+    config = flags.model_config(num_layers=FLAGS.num_layers or 20)
+    spec = cifar.DATASETS[config.dataset]
+    count = lambda paths: sum(os.path.getsize(p) for p in paths) // spec.record_bytes  # noqa
+    train_images = count(cifar.check_files(FLAGS.data_path, spec.train_files, spec))
+    test_images = count(cifar.check_files(FLAGS.data_path, spec.test_files, spec))
+    return Grid(FLAGS.data_path, train_images, test_images, flags.recipe(), _integers('seeds'),
+                FLAGS.work_dir or os.path.join('runs', command), FLAGS.out,
+                flags.run_options(config), tuple(FLAGS.devices))
+
+
+def check_depths(depths):
+    """The flags' net at the first depth; every depth is checked before anything trains."""
+    config = flags.model_config(num_layers=None)
+    for depth in depths:
+        try:
+            dataclasses.replace(config, num_layers=depth)
+        except UserError as e:
+            raise UserError('--depths=%s: %s' % (','.join(map(str, depths)), e)) from None
+    return dataclasses.replace(config, num_layers=depths[0])
 
 
 class Points:
@@ -119,61 +213,12 @@ class Run:
         return ' '.join('%s %s' % (k, v) for k, v in self.labels.items())
 
 
-def work_dir(command):
-    return FLAGS.work_dir or os.path.join('runs', command)
-
-
-def check_data():
-    """The data folder, checked: (its path, training images, test images)."""
-    if not FLAGS.data_path:
-        raise UserError('--data_path: give the folder of the CIFAR-10 binary files')
-    spec = cifar.DATASETS[flags.model_config(num_layers=FLAGS.num_layers or 20).dataset]
-    train_paths = cifar.check_files(FLAGS.data_path, spec.train_files, spec)
-    test_paths = cifar.check_files(FLAGS.data_path, spec.test_files, spec)
-    count = lambda paths: sum(os.path.getsize(p) for p in paths) // spec.record_bytes  # noqa
-    return FLAGS.data_path, count(train_paths), count(test_paths)
-
-
-def check_depths(depths):
-    """The flags' net at the first depth; every depth is checked before anything trains."""
-    config = flags.model_config(num_layers=None)
-    for depth in depths:
-        try:
-            dataclasses.replace(config, num_layers=depth)
-        except UserError as e:
-            raise UserError('--depths=%s: %s' % (','.join(FLAGS.depths), e)) from None
-    return dataclasses.replace(config, num_layers=depths[0])
-
-
-def check_work_dir(folder, spec):
-    """Refuses a work_dir whose runs were made with another recipe (their points would mix)."""
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, 'recipe.json')
-    if os.path.exists(path):
-        with open(path) as f:
-            before = json.load(f)
-        changed = sorted(k for k in set(before) | set(spec) if before.get(k) != spec.get(k))
-        if changed:
-            raise UserError('--work_dir=%s holds runs made with another %s; choose another '
-                            '--work_dir (nothing there was changed)'
-                            % (folder, ', '.join(changed)))
-    with open(path, 'w') as f:
-        json.dump(spec, f, indent=1, sort_keys=True)
-
-
 def spec_of(recipe, config, **extra):
     """What makes the runs of a work_dir comparable: the recipe but its seed, the net."""
     shaping = json.loads(recipe.to_json())
     shaping.pop('seed')
     return dict(recipe=shaping, network=json.loads(dataclasses.replace(
         config, num_layers=None, shortcut_connections=True).to_json()), **extra)
-
-
-def grid_spec(recipe, config, train_images):
-    """The spec of figure6's and table's work_dirs: the same, so that a table can be made of
-    a figure's runs (--work_dir=runs/figure6) without training them again."""
-    return spec_of(recipe, config, record_every=FLAGS.log_per_iterations,
-                   eval_every=FLAGS.eval_every, data=train_images)
 
 
 def run_folder(folder, config, seed, prefix=''):
@@ -183,21 +228,6 @@ def run_folder(folder, config, seed, prefix=''):
     else:
         name = config.slug()
     return os.path.join(folder, '%s%s_seed%d' % (prefix, name, seed))
-
-
-def train_run(run, data_path, index, count, **option_changes):
-    """Trains one run to its end (or resumes it); returns its Points."""
-    print('run %d/%d: %s (%s)' % (index, count, run.name, run.folder), flush=True)
-    points = Points(run.folder)
-    options = flags.run_options(run.model_config, ckpt_path=run.folder,
-                                log_path=os.path.join(run.folder, 'logs'), max_to_keep=1,
-                                save_every=FLAGS.log_per_iterations, **option_changes)
-    result = loop.train(run.model_config, run.recipe, options, data_path,
-                        out=lambda line: print('  [%s] %s' % (run.name, line), flush=True),
-                        on_record=points)
-    if result.stopped_by:           # Ctrl-C or SIGTERM stops the grid, not just this run
-        sys.exit(128 + result.stopped_by)
-    return points
 
 
 def mean_std(values):
@@ -212,62 +242,47 @@ def percent(values):
 
 # --- figure6 -------------------------------------------------------------------------------
 
-def figure6(out):
-    data_path, train_images, test_images = check_data()
-    depths, seeds = _integers('depths'), _integers('seeds')
-    networks = list(FLAGS.networks)
-    if not networks or set(networks) - set(NETWORKS):
-        raise UserError('--networks=%s: expected plain, resnet or both' % ','.join(networks))
-    base = check_depths(depths)
-    recipe = flags.recipe()
-    if not FLAGS.eval_every or recipe.validation_split:
+def figure6(grid, base, depths, networks, reference=False):
+    """figure6: the plain and residual nets of every depth and seed, trained (or through
+    the Keras model) with their training and test error recorded; writes figure6.*."""
+    if not grid.options.eval_every or grid.recipe.validation_split:
         raise UserError('figure6 plots the test error: give eval_every (e.g. the same as '
                         'log_per_iterations) and no validation_split',
                         settings=('eval_every', 'log_per_iterations', 'validation_split'))
-    reference = FLAGS.reference
     if reference:        # the trainer sets up its devices itself; Keras needs it done here
-        devices.setup('default', tuple(FLAGS.devices), FLAGS.tf32)
+        devices.setup('default', grid.devices, grid.options.tf32)
     name = 'figure6_reference' if reference else 'figure6'
-    folder = work_dir(name)
-    check_work_dir(folder, grid_spec(recipe, base, train_images))
+    grid.check_work_dir(grid.spec(base))
     configs = {(network, depth): dataclasses.replace(base, num_layers=depth,
                                                      shortcut_connections=network == 'resnet')
                for depth in depths for network in networks}
     runs = [Run(dict(network=network, depth=depth, seed=seed),
                 # The Keras runs keep their own folders: figure6 and figure6 --reference
                 # may share a work_dir, and neither may take the other's finished runs.
-                run_folder(folder, configs[network, depth], seed, 'keras_' if reference else ''),
-                configs[network, depth],
-                dataclasses.replace(recipe, seed=seed))
-            for depth in depths for network in networks for seed in seeds]
+                run_folder(grid.folder, configs[network, depth], seed,
+                           'keras_' if reference else ''),
+                configs[network, depth], dataclasses.replace(grid.recipe, seed=seed))
+            for depth in depths for network in networks for seed in grid.seeds]
     rows = []
     for i, run in enumerate(runs, 1):
-        if reference:
-            points = reference_run(run, data_path, i, len(runs))
-        else:
-            points = train_run(run, data_path, i, len(runs))
+        points = (reference_run(grid, run, i, len(runs)) if reference
+                  else grid.train(run, i, len(runs)))
         rows += [dict(run.labels, **row) for row in points.rows]
-    os.makedirs(out, exist_ok=True)
-    csv_path = os.path.join(out, name + '.csv')
-    write_csv(rows, csv_path, ['network', 'depth', 'seed', 'step', 'split', 'error',
-                               'cross_entropy'])
-    summary = summarize(rows, depths, networks, seeds, recipe.num_iterations)
-    with open(os.path.join(out, name + '.json'), 'w') as f:
-        json.dump({'recipe': json.loads(recipe.to_json()), 'seeds': seeds,
-                   'network': json.loads(base.to_json()),
-                   'implementation': 'Keras 3 (v2.tools.keras_nets)' if reference else 'v2',
-                   'training_images': train_images, 'test_images': test_images,
-                   'final': summary}, f, indent=1)
-    markdown = figure6_markdown(summary, configs, recipe,
-                                data_label(train_images, test_images, 0)
-                                + ('; trained through the Keras 3 model of the same nets'
-                                   if reference else ''))
-    with open(os.path.join(out, name + '.md'), 'w') as f:
-        f.write(markdown)
-    print('wrote %s, %s.json and %s.md' % (csv_path, name, name))
+    summary = summarize(rows, depths, networks, grid.seeds, grid.recipe.num_iterations)
+    label = grid.label() + ('; trained through the Keras 3 model of the same nets'
+                            if reference else '')
+    written = write_results(
+        grid.out, name, rows, ['network', 'depth', 'seed', 'step', 'split', 'error',
+                               'cross_entropy'],
+        {'recipe': json.loads(grid.recipe.to_json()), 'seeds': grid.seeds,
+         'network': json.loads(base.to_json()),
+         'implementation': 'Keras 3 (v2.tools.keras_nets)' if reference else 'v2',
+         'training_images': grid.train_images, 'test_images': grid.test_images,
+         'final': summary},
+        figure6_markdown(summary, configs, grid.recipe, label), show=False)
     for line in summary_lines(summary):
         print(line)
-    return csv_path
+    return written
 
 
 def figure6_markdown(summary, configs, recipe, label):
@@ -287,7 +302,7 @@ def figure6_markdown(summary, configs, recipe, label):
     return '\n'.join(lines) + '\n'
 
 
-def reference_run(run, data_path, index, count):
+def reference_run(grid, run, index, count):
     """figure6 --reference: one run through the Keras model (a finished one is kept)."""
     from v2.tools import keras_nets
     print('run %d/%d: %s, Keras reference (%s)' % (index, count, run.name, run.folder),
@@ -297,7 +312,7 @@ def reference_run(run, data_path, index, count):
         return points
     points.rows = []
     open(points.path, 'w').close()
-    keras_nets.fit_reference(run.model_config, run.recipe, data_path, FLAGS.log_per_iterations,
+    keras_nets.fit_reference(run.model_config, run.recipe, grid.data_path, grid.log_every,
                              points, out=lambda line: print('  [%s] %s' % (run.name, line),
                                                             flush=True))
     return points
@@ -340,14 +355,6 @@ def summary_lines(summary):
 
 # --- table ---------------------------------------------------------------------------------
 
-def test_error(run, data_path, tta=False):
-    """The test error of a run's final checkpoint, evaluated as run_evaluator.py does."""
-    (_, _, metrics), = evaluate.evaluate_checkpoints(
-        run.folder, data_path, batch_size=FLAGS.eval_batch_size, out=lambda line: None,
-        tta=tta)
-    return metrics.error
-
-
 def data_label(train_images, test_images, validation):
     used = train_images - validation
     return ('%d training images%s, %d test images%s'
@@ -356,25 +363,22 @@ def data_label(train_images, test_images, validation):
                else ' (not the full CIFAR-10: not comparable with the papers\' figures)'))
 
 
-def table(out):
-    data_path, train_images, test_images = check_data()
-    depths, seeds = _integers('depths'), _integers('seeds')
-    base = check_depths(depths)
-    recipe = flags.recipe()
-    folder = work_dir('table')
-    check_work_dir(folder, grid_spec(recipe, base, train_images))
+def table(grid, base, depths):
+    """table: the test error of the final checkpoint of every depth and seed, beside the
+    paper's; writes table.*."""
+    grid.check_work_dir(grid.spec(base))
     runs = [Run(dict(depth=depth, seed=seed),
-                run_folder(folder, dataclasses.replace(base, num_layers=depth), seed),
-                dataclasses.replace(base, num_layers=depth), dataclasses.replace(recipe, seed=seed))
-            for depth in depths for seed in seeds]
+                run_folder(grid.folder, dataclasses.replace(base, num_layers=depth), seed),
+                dataclasses.replace(base, num_layers=depth),
+                dataclasses.replace(grid.recipe, seed=seed))
+            for depth in depths for seed in grid.seeds]
     rows = []
     for i, run in enumerate(runs, 1):
-        points = train_run(run, data_path, i, len(runs))
-        final_train = points.final('train', recipe.num_iterations)
+        points = grid.train(run, i, len(runs))
+        final_train = points.final('train', grid.recipe.num_iterations)
         rows.append(dict(run.labels, network=run.model_config.describe(),
                          train_error=final_train[-1]['error'] if final_train else float('nan'),
-                         test_error=test_error(run, data_path)))
-    label = data_label(train_images, test_images, recipe.validation_split)
+                         test_error=grid.test_error(run)))
     entries = []
     for depth in depths:
         mine = [r for r in rows if r['depth'] == depth]
@@ -385,11 +389,11 @@ def table(out):
                             train_errors=[r['train_error'] for r in mine],
                             paper=paper[0] if paper else None,
                             paper_source=paper[1] if paper else None))
-    return write_results(out, 'table', rows, ['network', 'depth', 'seed', 'train_error',
-                                              'test_error'],
-                         dict(recipe=json.loads(recipe.to_json()), seeds=seeds, data=label,
-                              results=entries),
-                         table_markdown(entries, label, recipe))
+    return write_results(grid.out, 'table', rows, ['network', 'depth', 'seed', 'train_error',
+                                                   'test_error'],
+                         dict(recipe=json.loads(grid.recipe.to_json()), seeds=grid.seeds,
+                              data=grid.label(), results=entries),
+                         table_markdown(entries, grid.label(), grid.recipe))
 
 
 def table_markdown(entries, label, recipe):
@@ -405,7 +409,9 @@ def table_markdown(entries, label, recipe):
     return '\n'.join(lines) + '\n'
 
 
-def write_results(out, name, rows, fields, summary, markdown):
+def write_results(out, name, rows, fields, summary, markdown, show=True):
+    """<out>/<name>.csv (the rows), .json (the summary) and .md (the table); returns the CSV's
+    path."""
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, name + suffix) for suffix in ('.csv', '.json', '.md')]
     write_csv(rows, paths[0], fields)
@@ -414,7 +420,8 @@ def write_results(out, name, rows, fields, summary, markdown):
     with open(paths[2], 'w') as f:
         f.write(markdown)
     print('wrote %s' % ', '.join(paths))
-    print(markdown)
+    if show:
+        print(markdown)
     return paths[0]
 
 
@@ -436,36 +443,27 @@ def switched(recipe, switch):
     return recipe                                       # tta: the default runs
 
 
-def switches(out):
-    data_path, train_images, test_images = check_data()
-    seeds = _integers('seeds')
-    chosen = list(FLAGS.switches) or list(SWITCHES)
-    unknown = [s for s in chosen if s not in SWITCHES]
-    if unknown:
-        raise UserError('--switches=%s: expected some of %s'
-                        % (','.join(chosen), ','.join(SWITCHES)))
-    config = flags.model_config()
-    recipe = flags.recipe()
-    folder = work_dir('switches')
-    check_work_dir(folder, grid_spec(recipe, config, train_images))
+def switches(grid, config, chosen):
+    """switches: the recipe with each modern option on against the recipe itself, over the
+    seeds; writes switches.*."""
+    grid.check_work_dir(grid.spec(config))
     variants = ['default'] + chosen
     trained = [v for v in variants if v != 'tta']
 
     def run_of(variant, seed):          # the default runs are figure6's and table's
-        default = run_folder(folder, config, seed)
+        default = run_folder(grid.folder, config, seed)
         return Run(dict(variant=variant, seed=seed), default if variant == 'default' else
-                   os.path.join(folder, '%s_%s' % (variant, os.path.basename(default))),
-                   config, dataclasses.replace(switched(recipe, variant), seed=seed))
-    runs = {(v, seed): run_of(v, seed) for v in trained for seed in seeds}
+                   os.path.join(grid.folder, '%s_%s' % (variant, os.path.basename(default))),
+                   config, dataclasses.replace(switched(grid.recipe, variant), seed=seed))
+    runs = {(v, seed): run_of(v, seed) for v in trained for seed in grid.seeds}
     rows = []
     for i, ((variant, seed), run) in enumerate(sorted(runs.items()), 1):
-        train_run(run, data_path, i, len(runs))
-        rows.append(dict(variant=variant, seed=seed, test_error=test_error(run, data_path)))
+        grid.train(run, i, len(runs))
+        rows.append(dict(variant=variant, seed=seed, test_error=grid.test_error(run)))
     if 'tta' in chosen:
         rows += [dict(variant='tta', seed=seed,
-                      test_error=test_error(runs['default', seed], data_path, tta=True))
-                 for seed in seeds]
-    label = data_label(train_images, test_images, recipe.validation_split)
+                      test_error=grid.test_error(runs['default', seed], tta=True))
+                 for seed in grid.seeds]
     default = [r['test_error'] for r in rows if r['variant'] == 'default']
     entries = []
     for variant in variants:
@@ -473,16 +471,17 @@ def switches(out):
         entries.append(dict(variant=variant, test_errors=errors,
                             change=statistics.mean(errors) - statistics.mean(default),
                             what=SWITCHES.get(variant, 'the recipe as it is')))
+    seeds = grid.seeds
     lines = ['%s, %d iterations, %d seed%s; %s. Test error (%%) of the final checkpoint (mean '
              '± std over seeds), and its change against the default recipe.'
-             % (config.describe(), recipe.num_iterations, len(seeds),
-                '' if len(seeds) == 1 else 's', label), '',
+             % (config.describe(), grid.recipe.num_iterations, len(seeds),
+                '' if len(seeds) == 1 else 's', grid.label()), '',
              '| switch | what | test error | change |', '|---|---|---:|---:|']
     lines += ['| %s | %s | %s | %+.2f |' % (e['variant'], e['what'], percent(e['test_errors']),
                                            100 * e['change']) for e in entries]
-    return write_results(out, 'switches', rows, ['variant', 'seed', 'test_error'],
-                         dict(recipe=json.loads(recipe.to_json()), seeds=seeds, data=label,
-                              network=config.describe(), results=entries),
+    return write_results(grid.out, 'switches', rows, ['variant', 'seed', 'test_error'],
+                         dict(recipe=json.loads(grid.recipe.to_json()), seeds=seeds,
+                              data=grid.label(), network=config.describe(), results=entries),
                          '\n'.join(lines) + '\n')
 
 
@@ -498,17 +497,39 @@ def architecture(out):
     return path
 
 
-COMMANDS = {'figure6': figure6, 'table': table, 'switches': switches,
-            'architecture': architecture}
+COMMANDS = ('figure6', 'table', 'switches', 'architecture')
 
 
 def main(argv):
+    """Reads the flags of the command named in argv into a Grid and runs the command."""
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise UserError('expected one command, %s (e.g. python -m v2.tools.experiments figure6 '
                         '--flagfile=configs/figure6.flags --data_path=D)'
                         % ' or '.join(COMMANDS))
-    written = COMMANDS[argv[1]](FLAGS.out)
-    if FLAGS.plot and argv[1] in ('figure6', 'architecture'):
+    command = argv[1]
+    if command == 'architecture':
+        written = architecture(FLAGS.out)
+    else:
+        grid = read_grid(command)
+        if command == 'switches':
+            chosen = list(FLAGS.switches) or list(SWITCHES)
+            unknown = [s for s in chosen if s not in SWITCHES]
+            if unknown:
+                raise UserError('--switches=%s: expected some of %s'
+                                % (','.join(chosen), ','.join(SWITCHES)))
+            written = switches(grid, flags.model_config(), chosen)
+        else:
+            depths = _integers('depths')
+            base = check_depths(depths)
+            if command == 'table':
+                written = table(grid, base, depths)
+            else:
+                networks = list(FLAGS.networks)
+                if not networks or set(networks) - set(NETWORKS):
+                    raise UserError('--networks=%s: expected plain, resnet or both'
+                                    % ','.join(networks))
+                written = figure6(grid, base, depths, networks, FLAGS.reference)
+    if FLAGS.plot and command in ('figure6', 'architecture'):
         from v2.tools import figures
         figures.draw(written, FLAGS.out)
     return 0

@@ -39,9 +39,12 @@ import tensorflow as tf
 from v2.cli import app, flags
 from v2.errors import UserError
 from v2.nets import model
+from v2.runtime import devices
+from v2.runtime import precision as precision_lib
 from v2.tools import benchmark
-from v2.training import devices, distribution, loop
-from v2.training import precision as precision_lib
+from v2.training import loop
+from v2.training.recipe import Recipe, RunOptions
+from v2.training.state import TrainState
 
 FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -142,57 +145,70 @@ def gpu_tier():
     return (lines[-1] if lines else run.stderr[-500:]), run.returncode, failures
 
 
-def measure_rows(rows, data_path, folder, timing, deadline, used, out):
+@dataclasses.dataclass
+class Bench:
+    """What every measurement of the report shares: the devices, the data, a scratch folder,
+    the timing windows, and the recipe and run options the flags give."""
+    used: list
+    data_path: str
+    folder: str
+    timing: benchmark.Timing
+    recipe: Recipe
+    options: RunOptions
+
+    def run_options(self, name, **changes):
+        return dataclasses.replace(self.options, ckpt_path=os.path.join(self.folder, name),
+                                   log_path=os.path.join(self.folder, 'logs'), **changes)
+
+
+def measure_rows(rows, bench, deadline, keras=True, out=print):
     """Fills each Row in turn with the trainer's and Keras's rates, until the deadline."""
     for row in rows:
         if time.monotonic() > deadline:
             row.note = 'not run: past --budget_minutes'
             continue
         config = model.ModelConfig(num_layers=row.depth)
-        recipe = flags.recipe(precision=row.precision)
-        row.computed = precision_lib.compute_dtype(row.precision, used, warn=lambda line: None).name
-        options = flags.run_options(config, ckpt_path=os.path.join(folder, 'ckpt-%d-%s-%d' % (
-            row.depth, row.precision, row.xla)), log_path=os.path.join(folder, 'logs'),
-            jit_compile=row.xla)
+        recipe = dataclasses.replace(bench.recipe, precision=row.precision)
+        row.computed = precision_lib.compute_dtype(row.precision, bench.used,
+                                                   warn=lambda line: None).name
+        options = bench.run_options('ckpt-%d-%s-%d' % (row.depth, row.precision, row.xla),
+                                    jit_compile=row.xla)
         row.trainer = statistics.median(benchmark.time_trainer(config, recipe, options,
-                                                               data_path, timing))
-        if FLAGS.keras and not row.xla:          # one Keras row per depth and precision
-            rates, row.keras_xla = benchmark.time_keras(config, recipe, data_path,
-                                                        row.computed, timing)
+                                                               bench.data_path, bench.timing))
+        if keras and not row.xla:          # one Keras row per depth and precision
+            rates, row.keras_xla = benchmark.time_keras(config, recipe, bench.data_path,
+                                                        row.computed, bench.timing)
             row.keras = statistics.median(rates)
         out('ResNet-%d %s XLA %s: %.0f img/s%s' % (
             row.depth, row.computed, 'on' if row.xla else 'off', row.trainer,
             '; Keras fit %.0f img/s' % row.keras if row.keras else ''))
 
 
-def profile_busy(data_path, folder, precision, steps=PROFILED):
+def profile_busy(bench, precision, steps=PROFILED):
     """The busy share of the GPU over steps[0]..steps[1] of a real ResNet-20 run (XLA on)."""
-    logdir = os.path.join(folder, 'profile')
-    config = model.ModelConfig(num_layers=20)
-    recipe = flags.recipe(precision=precision, num_iterations=steps[1] + 10)
-    options = flags.run_options(config, ckpt_path=os.path.join(folder, 'ckpt-profile'),
-                                log_path=os.path.join(folder, 'logs'), jit_compile=True,
-                                log_per_iterations=10, save_every=10 ** 9)
+    logdir = os.path.join(bench.folder, 'profile')
+    recipe = dataclasses.replace(bench.recipe, precision=precision, num_iterations=steps[1] + 10)
+    options = bench.run_options('ckpt-profile', jit_compile=True, log_per_iterations=10,
+                                save_every=10 ** 9)
 
     def on_step(step):
         if step == steps[0]:
             tf.profiler.experimental.start(logdir)
         elif step == steps[1]:
             tf.profiler.experimental.stop()
-    loop.train(config, recipe, options, data_path, out=lambda line: None, on_step=on_step)
+    loop.train(model.ModelConfig(num_layers=20), recipe, options, bench.data_path,
+               out=lambda line: None, on_step=on_step)
     space = read_trace(logdir)
     return busy_share(space) if space is not None else None
 
 
-def save_seconds(folder, repeats=3):
+def save_seconds(bench, repeats=3):
     """Median seconds of one save of ResNet-110's state (weights, momenta, statistics)."""
     config = model.ModelConfig(num_layers=110)
-    recipe = flags.recipe()
-    cluster = distribution.make_cluster('default')
-    state = loop.build_state(config, recipe, cluster, tf.float32,
-                             tf.zeros([32, 32, 3]).numpy())
-    manager = tf.train.CheckpointManager(state.checkpoint(recipe), os.path.join(folder, 'save'),
-                                         max_to_keep=1)
+    state = TrainState.create(config, bench.recipe, tf.distribute.get_strategy(), tf.float32,
+                              tf.zeros([32, 32, 3]).numpy())
+    manager = tf.train.CheckpointManager(state.checkpoint(bench.recipe),
+                                         os.path.join(bench.folder, 'save'), max_to_keep=1)
     manager.save()                                      # the first save builds its graph
     times = []
     for _ in range(repeats):
@@ -268,19 +284,21 @@ def main(argv):
     rows = [Row(int(depth), precision, xla) for depth in depths
             for precision in ('bfloat16', 'float32') for xla in (True, False)]
     busy_precision = precision_lib.compute_dtype('bfloat16', used, warn=lambda line: None).name
+    recipe = flags.recipe()
     with tempfile.TemporaryDirectory() as folder:
         data_path = FLAGS.data_path
         if not data_path:
             data_path = os.path.join(folder, 'data')
             os.makedirs(data_path)
             benchmark.write_random_cifar10(data_path)
-        measure_rows(rows, data_path, folder, timing, deadline, used, print)
-        busy = profile_busy(data_path, folder, busy_precision)
+        bench = Bench(used, data_path, folder, timing, recipe,
+                      flags.run_options(model.ModelConfig(num_layers=20)))
+        measure_rows(rows, bench, deadline, FLAGS.keras)
+        busy = profile_busy(bench, busy_precision)
         print('GPU busy during ResNet-20 steps: %s'
               % ('%.0f%%' % (100 * busy) if busy is not None else 'not measured'))
-        save = save_seconds(folder)
-    text = markdown(header, tier, rows, busy, save, timing, busy_precision,
-                    flags.recipe().batch_size)
+        save = save_seconds(bench)
+    text = markdown(header, tier, rows, busy, save, timing, busy_precision, recipe.batch_size)
     slug = re.sub(r'[^a-z0-9]+', '-', used[0].description.lower()).strip('-')
     folder = FLAGS.out if FLAGS['out'].present else os.path.join(ROOT, 'docs')
     path = os.path.join(folder, 'gpu_%s.md' % slug)

@@ -7,8 +7,8 @@ Part of a CPU step is not convolution (v2.tools.benchmark's conv-only bound says
 much: 11-14% on a 2-core AMD EPYC, about a third on an Intel CPU with AMX): batch norm
 forward and backward, the ReLU and its gradient, the residual additions. TensorFlow
 runs each as its own kernel, each a pass over memory. This tool times the same
-traced step (the trainer's make_train_steps, fed one in-memory uint8 batch that it
-prepares itself, as on a GPU; the recipe's decay and seed) with batch norm
+traced step (the trainer's own state and step, fed one in-memory uint8 batch that it
+prepares itself, as on a GPU; every setting of the recipe) with batch norm
 and ReLU done other ways, alternating the variants within one process so that
 they share the machine's state, and prints each one's images/second against the
 trainer's. Variants that need another process (TensorFlow's oneDNN switches and
@@ -25,15 +25,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import tensorflow as tf
 
 from v2.cli import app, flags
 from v2.errors import UserError
-from v2.nets import layers, model
-from v2.training import devices
-from v2.training import precision as precision_lib
-from v2.training.optimizer import Momentum
-from v2.training.step import StepParts, Window, make_train_steps, make_window_end
+from v2.nets import layers
+from v2.runtime import devices
+from v2.runtime import precision as precision_lib
+from v2.training.state import TrainState
 
 FLAGS = flags.FLAGS
 EPSILON = layers.BN_EPSILON
@@ -123,22 +123,21 @@ IN_SUBPROCESS = {
 }
 
 
-def step_timer(net, batch_size):
-    """A function timing windows of the traced step of `net` on one in-memory batch; traced
-    once here, so that the rounds alternate the variants without tracing them again."""
-    recipe = flags.recipe()
-    parts = StepParts(model=net, optimizer=Momentum(net.trainable_variables),
-                      schedule=recipe.schedule, step=tf.Variable(0, dtype=tf.int64),
-                      window=Window(), pixel_mean=tf.Variable(tf.zeros([32, 32, 3])),
-                      weight_decay=recipe.weight_decay, seed=recipe.seed,
-                      label_smoothing=recipe.label_smoothing, cutout=recipe.cutout)
-    train_steps = make_train_steps(parts, global_batch=batch_size)
-    window_end = make_window_end(parts.window, tf.distribute.get_strategy(), False)
+def step_timer(config, recipe, dtype, norm_class):
+    """A function timing windows of the trainer's traced step (its state and step, with batch
+    norm -> ReLU done by norm_class) on one in-memory uint8 batch; traced once here, so that
+    the rounds alternate the variants without tracing them again."""
+    strategy = tf.distribute.get_strategy()
+    state = TrainState.create(config, recipe, strategy, dtype, np.zeros([32, 32, 3], np.float32),
+                              norm_class=norm_class)
+    train_steps = state.train_steps(recipe, strategy)
+    read_window = state.window_reader(strategy)
+    batch_size = recipe.batch_size
     images = tf.cast(tf.random.uniform([batch_size, 32, 32, 3], 0, 256, tf.int32), tf.uint8)
-    labels = tf.random.uniform([batch_size], 0, net.config.num_classes, tf.int32)
+    labels = tf.random.uniform([batch_size], 0, config.num_classes, tf.int32)
     batches = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
     train_steps(batches, tf.constant(3, tf.int32))
-    window_end(tf.zeros([2])).numpy()
+    read_window()
 
     def time_windows(steps, windows):
         """Images/second of each window of `steps` steps."""
@@ -146,7 +145,7 @@ def step_timer(net, batch_size):
         for _ in range(windows):
             start = time.perf_counter()
             train_steps(batches, tf.constant(steps, tf.int32))
-            window_end(tf.zeros([2])).numpy()
+            read_window()                                   # waits for the device
             rates.append(steps * batch_size / (time.perf_counter() - start))
         return rates
     return time_windows
@@ -176,8 +175,7 @@ def main(argv):
         raise UserError('variants=%s: expected some of %s'
                         % (','.join(unknown), ','.join([*IN_PROCESS, *IN_SUBPROCESS])),
                         settings=('variants',))
-    timers = {name: step_timer(model.build(config, compute_dtype=dtype,
-                                           norm_class=IN_PROCESS[name]), recipe.batch_size)
+    timers = {name: step_timer(config, recipe, dtype, IN_PROCESS[name])
               for name in names if name in IN_PROCESS}
     rates = {name: [] for name in names}
     for _ in range(FLAGS.rounds):

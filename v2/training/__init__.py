@@ -1,2 +1,2 @@
-"""Training: recipe, schedule, optimizer, precision, devices, distribution, step, loop,
-checkpoint, ema."""
+"""Training: recipe, schedule, optimizer, the traced step, the training state, the checks
+before the first step, the loop's actions, the loop."""

@@ -24,12 +24,15 @@ import tensorflow as tf
 from v2.data import pipeline
 from v2.nets import layers
 from v2.nets.model import decayed_weights
-from v2.training.distribution import local_add, local_assign
+from v2.runtime.distribution import local_add, local_assign
+from v2.training.nonfinite import NonFinitePolicy
 from v2.training.optimizer import Momentum
 from v2.training.schedule import Schedule
 
 # What the Window sums, in this order; the means of a window are reported under these names.
 METRICS = ('loss', 'cross_entropy', 'l2_loss', 'accuracy', 'learning_rate')
+# A window as read: the sums, the counts of updated and skipped steps, the first bad step.
+WINDOW = METRICS + ('updated', 'skipped', 'first_bad')
 
 
 class Window(tf.Module):
@@ -87,7 +90,7 @@ class StepParts:
     label_smoothing: float = 0.0
     cutout: int = 0
     loss_scale: tf.Module | None = None
-    skip_non_finite: bool = False
+    nan_policy: str = 'stop'            # or 'skip_step' (v2.training.nonfinite)
     ema: tf.Module | None = None
 
 
@@ -98,18 +101,16 @@ def make_train_steps(parts: StepParts, strategy=None, global_batch=None, jit_com
     one device, and around the all-reduce (which XLA does not compile across
     devices) under a strategy of several replicas.
 
-    A step whose loss or gradients are not finite is skipped with skip_non_finite
-    (nan_policy 'skip_step'), and with a loss_scale when its gradients overflowed
-    (float16): no weight, momentum, batch-norm statistic or weight average changes,
-    and the Window counts it as skipped. Otherwise (nan_policy 'stop') such a step is
-    counted as bad, and the loop stops before anything is saved.
+    A step whose loss or gradients are not finite is skipped or counted as bad as
+    the nan_policy and the loss scale say (v2.training.nonfinite).
     """
     p = parts
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
     variables = p.model.trainable_variables
     decayed = decayed_weights(p.model)
-    guarded = p.skip_non_finite or p.loss_scale is not None
+    non_finite = NonFinitePolicy.of(p.nan_policy, p.loss_scale)
+    guarded = non_finite.may_skip
     num_classes = p.model.config.num_classes
     statistics = [v for m in p.model.submodules if isinstance(m, layers.BatchNorm)
                   for v in (m.moving_mean, m.moving_variance)]
@@ -155,7 +156,7 @@ def make_train_steps(parts: StepParts, strategy=None, global_batch=None, jit_com
         loss_finite = tf.math.is_finite(shares[0])
         finite = tf.logical_and(loss_finite, tf.reduce_all(
             [tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
-        updated = finite if guarded else tf.constant(True)
+        updated, bad = non_finite.judge(loss_finite, finite)
         p.optimizer.apply(grads, variables, learning_rate, finite if guarded else None)
         for variable, old in zip(statistics, before):       # a skipped step's forward pass
             local_assign(variable, tf.where(finite, variable, old))
@@ -163,10 +164,6 @@ def make_train_steps(parts: StepParts, strategy=None, global_batch=None, jit_com
             p.ema.update(p.model, p.step, updated)
         if p.loss_scale:
             p.loss_scale.update(finite)
-        if p.skip_non_finite:
-            bad = tf.constant(False)
-        else:                  # 'stop'; with float16 an overflow of the gradients is skipped
-            bad = tf.logical_not(loss_finite if p.loss_scale else finite)
         p.window.add(tf.concat([shares, [learning_rate]], 0), updated, bad, p.step)
         local_add(p.step, 1)
 
@@ -193,23 +190,32 @@ def make_train_steps(parts: StepParts, strategy=None, global_batch=None, jit_com
     return train_steps
 
 
-def make_window_end(window: Window, strategy, agree: bool, loss_scale=None):
-    """The traced read at the end of a window: its sums, and what the workers agree on.
+class WindowReader:
+    """The end of a logging window: its sums, read from the device once, by name.
 
-    window_end(requests) returns [sums of METRICS..., updated, skipped, first_bad,
-    (loss scale,) requests...] as one vector: one host read per logging window. With
-    `agree` (multi_worker) each request flag (stop, save) is summed over the
-    replicas of every worker, so that every worker stops or saves at the same step;
-    a worker that did alone would leave the others waiting in the next collective.
+    reader(stop, save) returns {name: value} for WINDOW (then 'loss_scale' where there is
+    one, then 'stop' and 'save'), from one traced function whose result comes to the
+    host as one vector: one host read per window. With `agree` (multi_worker) the stop
+    and save requests are summed over the replicas of every worker, so that every worker
+    stops or saves at the same step; a worker that did alone would leave the others
+    waiting in the next collective.
     """
-    @tf.function
-    def window_end(requests):
-        parts = [window.read_and_reset()]
-        if loss_scale is not None:
-            parts.append([loss_scale.scale.read_value()])
-        if agree:
-            per_replica = strategy.run(lambda: tf.identity(requests))
-            requests = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-        return tf.concat(parts + [tf.cast(requests, tf.float32)], 0)
 
-    return window_end
+    def __init__(self, window: Window, strategy, agree: bool = False, loss_scale=None):
+        self.names = WINDOW + (('loss_scale',) if loss_scale is not None else ()) + (
+            'stop', 'save')
+
+        @tf.function
+        def read(requests):
+            parts = [window.read_and_reset()]
+            if loss_scale is not None:
+                parts.append([loss_scale.scale.read_value()])
+            if agree:
+                per_replica = strategy.run(lambda: tf.identity(requests))
+                requests = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+            return tf.concat(parts + [tf.cast(requests, tf.float32)], 0)
+        self._read = read
+
+    def __call__(self, stop=False, save=False) -> dict:
+        vector = self._read(tf.constant([float(stop), float(save)])).numpy()
+        return dict(zip(self.names, vector.tolist()))

@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
-from v2.training import devices as devices_lib
-from v2.training.distribution import local_assign
+from v2.runtime import devices as devices_lib
+from v2.runtime.distribution import local_assign
 
 PRECISIONS = ('float32', 'bfloat16', 'float16')
 

@@ -12,7 +12,7 @@ evaluator and the exports use them instead of the live weights.
 
 import tensorflow as tf
 
-from v2.training.distribution import local_assign
+from v2.runtime.distribution import local_assign
 
 
 class WeightAverage(tf.Module):

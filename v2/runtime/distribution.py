@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from v2.errors import UserError
-from v2.training import devices as devices_lib
+from v2.runtime import devices as devices_lib
 
 STRATEGIES = ('default', 'mirrored', 'multi_worker')
 
@@ -134,6 +134,10 @@ class Cluster:
     @property
     def distributed(self):
         return self.name != 'default'
+
+    @property
+    def multi_worker(self):
+        return self.name == 'multi_worker'
 
     def describe(self, used=()):
         """'one device: <device>', 'mirrored over 2 replicas (...)', 'multi_worker: ...'."""
