@@ -200,6 +200,7 @@ def test_the_quiet_import_replays_only_gpu_warnings_where_a_driver_is():
     assert v2.cli.replayed(captured, driver=False) == []
 
 
+@pytest.mark.slow                   # a process of its own: TensorFlow reads its level once
 def test_tensorflows_warnings_reach_the_user_after_the_quiet_start():
     code = ('import os, v2.cli, tensorflow as tf; print(os.environ.get("TF_CPP_MIN_LOG_LEVEL"));'
             'it = iter(tf.data.Dataset.range(10).cache()); next(it); del it')

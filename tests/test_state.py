@@ -7,6 +7,7 @@ experiments train is what the trainer runs.
 """
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from conftest import quiet
 
@@ -37,6 +38,7 @@ def described(state, parts):
                 first_kernel=state.model.stem.kernel.numpy().tobytes())
 
 
+@pytest.mark.slow        # trains and evaluates a grid of one run: the experiments as they are
 def test_the_benchmark_and_the_experiments_train_the_trainers_state(session_data, tmp_path,
                                                                      monkeypatch, capsys):
     seen = {}

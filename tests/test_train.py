@@ -291,6 +291,7 @@ def test_a_few_steps_of_every_kind_train(session_data, tmp_path, kind):
     assert checkpoint.Saved(result.checkpoint).config == kind
 
 
+@pytest.mark.slow            # the accuracy band (tests/test_accuracy.py) goes further
 def test_training_on_real_images_lowers_the_loss(real_data, tmp_path):
     lines = []
     loop.train(TINY, tiny_recipe(batch_size=64, num_iterations=60,

@@ -22,11 +22,14 @@ TRAINING_KEY = 'training/.ATTRIBUTES/VARIABLE_VALUE'
 MEAN_KEY = 'pixel_mean/.ATTRIBUTES/VARIABLE_VALUE'
 STEP_KEY = 'step/.ATTRIBUTES/VARIABLE_VALUE'
 EMA_PREFIX = 'ema/'
+LOSS_SCALE_PREFIX = 'loss_scale/'
 
 
 def make(model, pixel_mean, step=None, optimizer=None, training_json='', loss_scale=None,
          ema=None):
-    """The tf.train.Checkpoint of a run; optimizer and step are left out for evaluation."""
+    """The tf.train.Checkpoint of a run, the one place its layout is set (the keys above):
+    the trainer's (TrainState.checkpoint) and the evaluator's (evaluate.Restorer), which
+    leaves out the optimizer and the step."""
     objects = dict(model=model,
                    architecture=tf.Variable(model.config.to_json(), trainable=False),
                    pixel_mean=pixel_mean if isinstance(pixel_mean, tf.Variable)
@@ -108,7 +111,7 @@ class Saved:
                                   if has(TRAINING_KEY) else '')
             names = reader.get_variable_to_shape_map()
             self.has_ema = any(k.startswith(EMA_PREFIX) for k in names)
-            self.has_loss_scale = any(k.startswith('loss_scale/') for k in names)
+            self.has_loss_scale = any(k.startswith(LOSS_SCALE_PREFIX) for k in names)
         except Exception as e:       # the reader raises IndexError, OpError, ... on bad files
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError('%s: not a readable checkpoint of this trainer (%s)'
