@@ -398,3 +398,24 @@ def test_the_strided_padding_reaches_the_built_net():
                                dict(c.attrs)['strides'][1] == 2)
     assert seen['symmetric'] == ['3x3 conv 16->32 on 33x33, /2', '3x3 conv 32->64 on 17x17, /2']
     assert seen['tf_same'] == ['3x3 conv 16->32 on 32x32, /2', '3x3 conv 32->64 on 16x16, /2']
+
+
+def test_the_evaluator_evaluates_the_averages_or_the_live_weights_as_asked(session_data,
+                                                                           tmp_path):
+    """A run with weight averages: evaluate_checkpoints(averaged=...) gives numpy's forward
+    pass of the averaged weights by default and of the live weights with averaged=False."""
+    from v2.evaluation import evaluate
+    run = loop.train(TINY, tiny_recipe(num_iterations=4, ema_decay=0.5), tiny_options(tmp_path),
+                     str(session_data), out=quiet)
+    train_images, _ = _numpy_split(session_data, cifar.CIFAR10.train_files)
+    images, labels = _numpy_split(session_data, cifar.CIFAR10.test_files)
+    x = images - train_images.mean(axis=0)
+    entropies = {}
+    for averaged in (True, False):
+        net, _ = evaluate.load_network(run.checkpoint, averaged=averaged, out=quiet)
+        expected = ref.softmax_cross_entropy(ref.preact_resnet_logits(net, x), labels).mean()
+        (_, _, metrics), = evaluate.evaluate_checkpoints(run.checkpoint, str(session_data),
+                                                         averaged=averaged, out=quiet)
+        assert metrics.cross_entropy == pytest.approx(expected, rel=1e-4)
+        entropies[averaged] = expected
+    assert entropies[True] != pytest.approx(entropies[False], rel=1e-3)   # they do differ
