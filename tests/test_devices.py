@@ -59,6 +59,7 @@ def fake_driver(tmp_path, monkeypatch):
     smi.write_text('#!/bin/sh\necho "NVIDIA H100 80GB HBM3, 550.54, 81559 MiB"\n')
     smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv('PATH', '%s%s%s' % (folder, os.pathsep, os.environ['PATH']))
+    monkeypatch.delenv('CUDA_VISIBLE_DEVICES')        # TensorFlow has started without GPUs
     return str(smi)
 
 
@@ -93,6 +94,16 @@ def test_the_benchmark_says_so_too(fake_driver, capsys):
     from v2.tools import benchmark
     status, line = app.call(benchmark.main, ['benchmark', '--devices=GPU:0'], flags.BENCHMARK)
     assert status == 1 and 'requirements-gpu.txt' in line
+
+
+def test_gpus_hidden_on_purpose_are_not_warned_about(fake_driver, monkeypatch):
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '-1')
+    lines = []
+    devices.check_gpus_seen([], (), lines.append)
+    assert lines == []
+    with pytest.raises(UserError, match=r'no device /gpu:0 here: TensorFlow sees no GPU '
+                                        r'\(CUDA_VISIBLE_DEVICES=-1 hides them\)'):
+        devices.check_gpus_seen([], ('/gpu:0',), lines.append)
 
 
 def test_without_a_driver_nothing_is_said(monkeypatch):

@@ -96,18 +96,21 @@ def check_gpus_seen(physical, devices: Sequence[str], out: Callable):
 
     The plain `tensorflow` wheel finds no CUDA libraries and falls back to the CPU; the
     only sign would be the word CPU in the run's first line. A run that names a GPU is
-    refused instead of trained on the CPU.
+    refused instead of trained on the CPU. GPUs hidden on purpose (CUDA_VISIBLE_DEVICES
+    empty or -1, as the test tiers do) are not warned about.
     """
     if physical:
         return
     driver = nvidia_driver()
+    hidden = os.environ.get('CUDA_VISIBLE_DEVICES') in ('', '-1')     # hidden on purpose
     named = _gpu_indices(devices)
     if named:
+        why = (' (CUDA_VISIBLE_DEVICES=%s hides them)' % os.environ['CUDA_VISIBLE_DEVICES']
+               if hidden else ' though an NVIDIA driver is (%s); %s' % (driver, GPU_INSTALL)
+               if driver else ' on this machine')
         raise UserError('devices=%s: no device /gpu:%d here: TensorFlow sees no GPU%s'
-                        % (','.join(devices), named[0],
-                           ' though an NVIDIA driver is (%s); %s' % (driver, GPU_INSTALL)
-                           if driver else ' on this machine'), settings=('devices',))
-    if driver and not devices:
+                        % (','.join(devices), named[0], why), settings=('devices',))
+    if driver and not devices and not hidden:
         out('warning: an NVIDIA driver is here (%s) but TensorFlow sees no GPU, so this runs '
             'on the CPU; %s' % (driver, GPU_INSTALL))
 
