@@ -48,13 +48,20 @@ def test_post_activation_and_plain_resnet_20_have_the_same_count():
     assert m.count_parameters(m.cifar_resnet(20, shortcut_connections=False)) == 269_722
 
 
+@pytest.mark.parametrize('name', sorted(catalog.PAPER_MULTIPLY_ADDS))
+def test_multiply_adds_match_the_published_figures(name):
+    """Li et al. 2017 give the multiply-adds of these CIFAR nets to three digits."""
+    config, = [c for c, _, _ in catalog.PAPER_NETWORKS if c.describe() == name]
+    assert '%.3g' % m.multiply_adds(m.build(config)) == '%.3g' % catalog.PAPER_MULTIPLY_ADDS[name]
+
+
 def test_catalog_table_is_generated_from_the_nets(monkeypatch):
     small = [row for row in catalog.PAPER_NETWORKS
              if row[0].describe() in ('ResNet-20', 'WRN-16-8', 'VGG-11')]
     monkeypatch.setattr(catalog, 'PAPER_NETWORKS', small)
     text = catalog.table()
     assert '| WRN-16-8 | `--model=wide_resnet --num_layers=16 --widen_factor=8` | B | ' \
-           '10,961,370 | 11.0M |' in text
+           '10,961,370 | 11.0M | 1.5G |' in text
     assert text.count('\n| ') == len(small)
 
 

@@ -233,6 +233,22 @@ def inference_graph(module, input_shape, dtype=tf.float32):
         tf.TensorSpec(input_shape, dtype)).graph
 
 
+def multiply_adds(net, image_size=32):
+    """Multiply-adds of one image's forward pass: every convolution and the linear layer(s),
+    one multiply-add counted once (batch norm, ReLU, pooling and the additions, a few
+    per cent, are not counted). Counted from the traced graph, so every net counts."""
+    total = 0
+    graph = inference_graph(net, [1, image_size, image_size, 3])
+    for op in graph.get_operations():
+        if op.type == 'Conv2D':
+            kh, kw, cin, _ = op.inputs[1].shape.as_list()
+            total += op.outputs[0].shape.num_elements() * kh * kw * cin
+        elif op.type == 'MatMul':
+            k = op.inputs[0].shape.as_list()[-1]
+            total += op.outputs[0].shape.num_elements() * k
+    return total
+
+
 def decayed_weights(net):
     """The conv and linear kernels: the variables that get L2 weight decay."""
     return [m.kernel for m in net.submodules if isinstance(m, (layers.Conv2D, layers.Dense))]
@@ -260,4 +276,6 @@ def summary(net, image_size=32):
         lines.append('%-24s %-16s %12s' % (name + units, 'x'.join(str(d) for d in shape[1:]),
                                            format(count_parameters(modules), ',')))
     lines.append('trainable parameters: %s' % format(count_parameters(net), ','))
+    lines.append('multiply-adds per image: %s (convolutions and linear layer, one '
+                 'multiply-add counted once)' % format(multiply_adds(net, image_size), ','))
     return '\n'.join(lines)

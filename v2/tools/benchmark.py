@@ -57,20 +57,6 @@ def write_random_cifar10(folder, train_records=50000, test_records=10000, seed=0
         records.tofile(os.path.join(folder, name))
 
 
-def forward_macs(net):
-    """Multiply-accumulates of one image's forward pass, counted by TensorFlow's profiler."""
-    graph = model.inference_graph(net, [1, 32, 32, 3])
-    options_ = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    options_['output'] = 'none'
-    level = tf.get_logger().level
-    tf.get_logger().setLevel('ERROR')
-    try:
-        flops = tf.compat.v1.profiler.profile(graph=graph, options=options_).total_float_ops
-    finally:
-        tf.get_logger().setLevel(level)
-    return flops // 2
-
-
 @dataclasses.dataclass(frozen=True)
 class Timing:
     """How many windows are timed, of how many steps, after how many warm-up windows."""
@@ -242,7 +228,7 @@ def main(argv):
     b = recipe.batch_size
     timing = Timing(-(-FLAGS.warmup_steps // FLAGS.window_steps), FLAGS.windows,
                     FLAGS.window_steps)
-    macs = forward_macs(model.build(model_config))
+    macs = model.multiply_adds(model.build(model_config))
     gflops = 6 * macs / 1e9
     print('device: %s' % ', '.join(str(d) for d in used))
     print('%s, batch %d, %s (%s compute), XLA %s, %d step(s) per call; %d warm-up steps, then '
@@ -250,8 +236,9 @@ def main(argv):
                                       'on' if jit else 'off', FLAGS.steps_per_call,
                                       timing.warmup_windows * timing.steps, timing.windows,
                                       timing.steps))
-    print('forward: %.1f M multiply-accumulates per image; a training image costs %.3f GFLOP '
-          '(x2 per MAC, x3 for forward + backward)' % (macs / 1e6, gflops))
+    print('forward: %.1f M multiply-adds per image (convolutions and linear layer); a training '
+          'image costs %.3f GFLOP (x2 per multiply-add, x3 for forward + backward)'
+          % (macs / 1e6, gflops))
     with tempfile.TemporaryDirectory() as folder:
         data_path = FLAGS.data_path
         if not data_path:

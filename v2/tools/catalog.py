@@ -1,9 +1,12 @@
-"""The networks the papers report, with their parameter counts: `python -m v2.tools.catalog`.
+"""The networks the papers report, with their parameter counts and compute: `python -m
+v2.tools.catalog`.
 
 Prints a Markdown table (the one in README.md) of every network below, built here
-and counted, beside the figure its paper gives. The paper figures are facts from
-the papers; the counts are computed, never typed. PAPER_ERRORS holds the CIFAR-10
-test errors the papers report, which the experiments' tables print beside ours.
+and counted, beside the figure its paper gives, with its multiply-adds per image
+(model.multiply_adds: convolutions and linear layers, one multiply-add counted once).
+The paper figures are facts from the papers; the counts are computed, never typed.
+PAPER_ERRORS holds the CIFAR-10 test errors the papers report, which the experiments'
+tables print beside ours.
 """
 
 import sys
@@ -54,6 +57,10 @@ PAPER_ERRORS = {
     'WRN-40-4': (4.97, WRN), 'WRN-16-8': (4.81, WRN), 'WRN-28-10': (4.17, WRN),
 }
 
+# Multiply-adds per CIFAR image as published ("FLOPs" there, one multiply-add counted once):
+# Li et al. 2017, "Pruning Filters for Efficient ConvNets", Tables 1 and 2.
+PAPER_MULTIPLY_ADDS = {'ResNet-56': 1.25e8, 'ResNet-110': 2.53e8, 'VGG-16': 3.13e8}
+
 # He et al. 2016's 10.2M for ResNet-1001 is its conv and linear weights alone; with
 # batch norm's scales and offsets and the bias, the net has 10.33M.
 WEIGHTS_ONLY = {'ResNet-1001 bottleneck'}
@@ -81,10 +88,17 @@ def flags_for(config):
     return ' '.join(out)
 
 
+def compute(multiply_adds):
+    """41M, 125M, 2.6G: multiply-adds, rounded."""
+    if multiply_adds >= 1e9:
+        return '%.1fG' % (multiply_adds / 1e9)
+    return '%.0fM' % (multiply_adds / 1e6)
+
+
 def table():
     """The Markdown table of PAPER_NETWORKS."""
-    rows = ['| network | flags | shortcut | trainable parameters | paper | source |',
-            '|---|---|---|---:|---:|---|']
+    rows = ['| network | flags | shortcut | trainable parameters | paper | multiply-adds | '
+            'source |', '|---|---|---|---:|---:|---:|---|']
     notes = []
     for config, paper, source in PAPER_NETWORKS:
         net = model.build(config)
@@ -93,9 +107,10 @@ def table():
             mark = '*'
             notes.append('\\* The paper\'s figure counts the conv and linear weights only: %s here.'
                          % format(paper_count(net), ','))
-        rows.append('| %s | `%s` | %s | %s | %sM%s | %s |'
+        rows.append('| %s | `%s` | %s | %s | %sM%s | %s | %s |'
                     % (config.describe(), flags_for(config), config.shortcut_type or '-',
-                       format(model.count_parameters(net), ','), paper, mark, source))
+                       format(model.count_parameters(net), ','), paper, mark,
+                       compute(model.multiply_adds(net)), source))
     return '\n'.join(rows + [''] + notes)
 
 
