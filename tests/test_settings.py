@@ -177,19 +177,18 @@ def test_a_non_finite_step_is_skipped_or_marked_as_the_recipe_says(policy):
         assert sums['first_bad'] == 0
 
 
-@pytest.mark.parametrize('a, b', [(dict(seed=1), dict(seed=2)), (dict(), dict(cutout=16))])
-def test_the_step_prepares_uint8_batches_with_the_recipes_seed_and_cutout(a, b):
+def test_the_step_prepares_uint8_batches_with_the_recipes_seed_and_cutout():
     """uint8 batches are cropped, flipped (and cut out) in the step, keyed by the recipe's
     seed: from the same weights and images another seed or a cutout gives another loss,
     the same recipe the same loss."""
     losses = []
     start = weights(state_of(recipe(seed=1)).model)
-    for changes in (a, a, b):
+    for changes in (dict(seed=1), dict(seed=1), dict(seed=2), dict(seed=1, cutout=16)):
         state = state_of(recipe(**changes))
         for variable, value in zip(state.model.trainable_variables, start):
             variable.assign(value)
         losses.append(train(state, recipe(**changes), [batch(prepared=False)])['loss'])
-    assert losses[0] == losses[1] != losses[2]
+    assert losses[0] == losses[1] and losses[2] != losses[0] and losses[3] != losses[0]
 
 
 def test_cutout_reaches_the_steps_batches(session_data):
