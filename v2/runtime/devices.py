@@ -138,22 +138,33 @@ def setup(strategy: str, devices: Sequence[str] = (), tf32: bool = True,
         return describe([])
     for i in wanted:
         if i >= len(physical):
-            raise UserError('devices=%s: no device /gpu:%d here; this machine has %d GPU%s'
-                            % (','.join(devices), i, len(physical),
-                               '' if len(physical) == 1 else 's'), settings=('devices',))
+            raise _no_such_gpu(devices, i, physical)
     used = [physical[i] for i in wanted] if wanted else physical
     if strategy == 'default':
         used = used[:1]
+    _show_only(physical, used, grow=physical, out=out)
+    tf.config.experimental.enable_tensor_float_32_execution(tf32)
+    return describe(used)
+
+
+def _no_such_gpu(devices, index, physical):
+    return UserError('devices=%s: no device /gpu:%d here; this machine has %d GPU%s'
+                     % (','.join(devices), index, len(physical),
+                        '' if len(physical) == 1 else 's'), settings=('devices',))
+
+
+def _show_only(physical, used, grow, out=None):
+    """Memory growth on the GPUs `grow`, and only `used` visible to TensorFlow. Where
+    TensorFlow had already started in this process (tests, notebooks) nothing can change:
+    `out`, if given, says so."""
     try:
-        for gpu in physical:
+        for gpu in grow:
             tf.config.experimental.set_memory_growth(gpu, True)
         if physical:
             tf.config.set_visible_devices(used, 'GPU')
-    except RuntimeError:            # TensorFlow already started in this process (tests, notebooks)
-        if physical:
+    except RuntimeError:
+        if physical and out:
             out("note: TensorFlow's devices were set up before this run; using them as they are")
-    tf.config.experimental.enable_tensor_float_32_execution(tf32)
-    return describe(used)
 
 
 def setup_for_evaluation(devices: Sequence[str] = (), out: Callable = print) -> list[Device]:
@@ -170,17 +181,9 @@ def setup_for_evaluation(devices: Sequence[str] = (), out: Callable = print) -> 
     else:
         index = wanted[0] if wanted else 0
         if physical and index >= len(physical):
-            raise UserError('devices=%s: no device /gpu:%d here; this machine has %d GPU%s'
-                            % (devices[0], index, len(physical),
-                               '' if len(physical) == 1 else 's'), settings=('devices',))
+            raise _no_such_gpu(devices, index, physical)
         used = physical[index:index + 1]
-    try:
-        for gpu in used:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        if physical:
-            tf.config.set_visible_devices(used, 'GPU')
-    except RuntimeError:            # TensorFlow already started in this process (tests, notebooks)
-        pass
+    _show_only(physical, used, grow=used)
     return describe(used)
 
 
