@@ -101,6 +101,24 @@ def quiet(line):
     """An `out` that prints nothing."""
 
 
+def fake_gpus(monkeypatch, count=3, name='NVIDIA H100 80GB HBM3'):
+    """TensorFlow's device calls replaced by `count` made-up GPUs 'gpu0'...; returns the list
+    the calls are recorded in: ('growth', gpu, on), ('visible', gpus), ('tf32', on)."""
+    import tensorflow as tf
+    calls = []
+    gpus = ['gpu%d' % i for i in range(count)]
+    monkeypatch.setattr(tf.config, 'list_physical_devices', lambda kind=None: gpus)
+    monkeypatch.setattr(tf.config.experimental, 'set_memory_growth',
+                        lambda gpu, on: calls.append(('growth', gpu, on)))
+    monkeypatch.setattr(tf.config, 'set_visible_devices',
+                        lambda used, kind: calls.append(('visible', tuple(used))))
+    monkeypatch.setattr(tf.config.experimental, 'enable_tensor_float_32_execution',
+                        lambda on: calls.append(('tf32', on)))
+    monkeypatch.setattr(tf.config.experimental, 'get_device_details',
+                        lambda gpu: {'device_name': name, 'compute_capability': (9, 0)})
+    return calls
+
+
 @pytest.fixture(scope='session')
 def session_data(tmp_path_factory):
     """Tiny CIFAR-10 files shared by the whole run (80 training, 24 test images); read only."""

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import tensorflow as tf
-from conftest import ROOT, quiet, tiny_options, tiny_recipe
+from conftest import ROOT, fake_gpus, quiet, tiny_options, tiny_recipe
 
 import v2.cli
 from v2.cli import app, evaluator, flags, trainer
@@ -114,31 +114,18 @@ def test_without_a_driver_nothing_is_said(monkeypatch):
     assert devices.nvidia_driver() is None and lines == []
 
 
-def _fake_gpus(monkeypatch, count=3):
-    calls = []
-    gpus = ['gpu%d' % i for i in range(count)]
-    monkeypatch.setattr(tf.config, 'list_physical_devices', lambda kind=None: gpus)
-    monkeypatch.setattr(tf.config.experimental, 'set_memory_growth',
-                        lambda gpu, on: calls.append(('growth', gpu, on)))
-    monkeypatch.setattr(tf.config, 'set_visible_devices',
-                        lambda used, kind: calls.append(('visible', tuple(used))))
-    monkeypatch.setattr(tf.config.experimental, 'get_device_details',
-                        lambda gpu: {'device_name': 'NVIDIA H100', 'compute_capability': (9, 0)})
-    return calls
-
-
 @pytest.mark.parametrize('named, visible', [((), 'gpu0'), (('GPU:2',), 'gpu2'),
                                             (('/job:localhost/replica:0/task:0/device:GPU:1',),
                                              'gpu1')])
 def test_the_evaluator_sees_only_its_own_gpu_with_memory_growth(monkeypatch, named, visible):
-    calls = _fake_gpus(monkeypatch)
+    calls = fake_gpus(monkeypatch)
     used = devices.setup_for_evaluation(named, quiet)
     assert calls == [('growth', visible, True), ('visible', (visible,))]
     assert len(used) == 1 and used[0].kind == 'GPU'
 
 
 def test_the_evaluator_refuses_a_gpu_that_is_not_there_or_two(monkeypatch):
-    _fake_gpus(monkeypatch, count=2)
+    fake_gpus(monkeypatch, count=2)
     with pytest.raises(UserError, match='devices=/gpu:5: no device /gpu:5 here; this machine '
                                         'has 2 GPUs'):
         devices.setup_for_evaluation(('/gpu:5',), quiet)
@@ -147,7 +134,7 @@ def test_the_evaluator_refuses_a_gpu_that_is_not_there_or_two(monkeypatch):
 
 
 def test_the_trainer_takes_tensorflows_full_name_for_a_gpu(monkeypatch):
-    calls = _fake_gpus(monkeypatch)
+    calls = fake_gpus(monkeypatch)
     devices.setup('default', ('/job:localhost/replica:0/task:0/device:GPU:2',), out=quiet)
     assert ('visible', ('gpu2',)) in calls
 

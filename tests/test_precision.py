@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import quiet, tiny_options, tiny_recipe
+from conftest import fake_gpus, quiet, tiny_options, tiny_recipe
 
 from v2.nets import model
 from v2.runtime import devices, precision
@@ -48,18 +48,8 @@ def test_xla_by_default_on_gpus_only():
 
 
 def test_device_setup_turns_on_memory_growth_and_keeps_one_gpu(monkeypatch):
-    calls = []
+    calls = fake_gpus(monkeypatch)
     gpus = ['gpu0', 'gpu1', 'gpu2']
-    monkeypatch.setattr(tf.config, 'list_physical_devices', lambda kind=None: gpus)
-    monkeypatch.setattr(tf.config.experimental, 'set_memory_growth',
-                        lambda gpu, on: calls.append(('growth', gpu, on)))
-    monkeypatch.setattr(tf.config, 'set_visible_devices',
-                        lambda used, kind: calls.append(('visible', tuple(used))))
-    monkeypatch.setattr(tf.config.experimental, 'enable_tensor_float_32_execution',
-                        lambda on: calls.append(('tf32', on)))
-    monkeypatch.setattr(tf.config.experimental, 'get_device_details',
-                        lambda gpu: {'device_name': 'NVIDIA H100 80GB HBM3',
-                                     'compute_capability': (9, 0)})
     used = devices.setup('default', ('/gpu:2',), tf32=False)
     assert [c for c in calls if c[0] == 'growth'] == [('growth', g, True) for g in gpus]
     assert ('visible', ('gpu2',)) in calls and ('tf32', False) in calls

@@ -245,7 +245,7 @@ def check_batch(batch_size, cluster):
                                             cluster.replicas), settings=('batch_size',))
 
 
-def distribute_batches(cluster, make_batches, global_batch, device=None):
+def distribute_batches(cluster, make_batches, global_batch, on_gpu=False):
     """The global batches of make_batches() cut into per-replica batches, deterministically.
 
     Every worker builds the same sequence of global batches (they are a function of
@@ -253,12 +253,12 @@ def distribute_batches(cluster, make_batches, global_batch, device=None):
     slices of that share. Replica r of worker w therefore sees the same images at
     every step however many workers there are, and all replicas together see
     exactly the batch a single device would: runs can resume on another cluster size.
-    On one device, `device` (a GPU) gets the batches prefetched onto it.
+    On one GPU (`on_gpu`, the only one the run sees) the batches are prefetched onto it.
     """
     if not cluster.distributed:
         batches = make_batches()
-        if device:
-            batches = batches.apply(tf.data.experimental.prefetch_to_device(device))
+        if on_gpu:
+            batches = batches.apply(tf.data.experimental.prefetch_to_device('/gpu:0'))
         return batches
     return cluster.strategy.distribute_datasets_from_function(
         lambda context: worker_batches(make_batches(), global_batch, context))

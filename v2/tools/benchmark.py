@@ -134,7 +134,7 @@ def time_in_memory_step(model_config, recipe, options, dtype, timing, jit, used)
         images = pipeline.normalize(images, mean)
     batches = iter(distribution.distribute_batches(
         cluster, lambda: tf.data.Dataset.from_tensors((images, labels)).repeat(),
-        recipe.batch_size, device='/gpu:0' if on_gpu and not cluster.distributed else None))
+        recipe.batch_size, on_gpu))
     rates = []
     for _ in range(timing.warmup_windows + timing.windows):
         start = time.perf_counter()

@@ -201,7 +201,7 @@ def _make_loop(*, setup, state, recipe, options, data, dtype, model_config, fold
     batches = distribution.distribute_batches(
         cluster, lambda: inputs.training_batches(data, recipe, start, setup.on_host,
                                                  state.mean.numpy()),
-        recipe.batch_size, device='/gpu:0' if setup.on_gpu and not cluster.distributed else None)
+        recipe.batch_size, setup.on_gpu)
     agree = cluster.multi_worker
     log = actions.Log(recipe, options.log_per_iterations,
                       state.window_reader(cluster.strategy, agree),
