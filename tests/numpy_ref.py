@@ -111,3 +111,22 @@ def preact_resnet_logits(net, x):
             x = branch + option_a(source, branch.shape[-1], unit.conv1.stride)
     features = relu(bn_of(net.final_bn)(x)).mean(axis=(1, 2))
     return features @ net.fc.kernel.numpy() + net.fc.bias.numpy()
+
+
+def calibration(logits, labels, bins=15):
+    """(ECE, Brier) written out loop by loop: image i falls in bin m when
+    m/bins < confidence_i <= (m+1)/bins; ECE = sum_m n_m/N |acc_m - conf_m|; Brier =
+    mean_i sum_k (p_ik - [k == y_i])^2."""
+    z = np.asarray(logits, np.float64)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    ece = 0.0
+    for m in range(bins):
+        members = [i for i in range(len(p)) if m / bins < p[i].max() <= (m + 1) / bins]
+        if members:
+            accuracy = np.mean([p[i].argmax() == labels[i] for i in members])
+            confidence = np.mean([p[i].max() for i in members])
+            ece += len(members) / len(p) * abs(accuracy - confidence)
+    brier = np.mean([sum((p[i, k] - (k == labels[i])) ** 2 for k in range(p.shape[1]))
+                     for i in range(len(p))])
+    return ece, brier

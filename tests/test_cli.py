@@ -129,6 +129,13 @@ BAD_INPUTS = {
                                               '--batch_size is not a flag of run_evaluator.py'),
     'tflite without a SavedModel': ('evaluator', ['--tflite=int8'], None, 1,
                                     '--tflite needs --export_dir'),
+    'temperature scaling without a validation split': (
+        'evaluator', ['--temperature_scaling'], None, 1,
+        'comes from a run that held out no validation images; the temperature is fitted on '
+        'them, never on the test set (train with --validation_split=N)'),
+    'reliability diagram into a missing folder': (
+        'evaluator', ['--reliability_png={root}/nowhere/r.png'], None, 1,
+        '--reliability_png={root}/nowhere/r.png: the folder {root}/nowhere does not exist'),
 }
 
 

@@ -81,11 +81,12 @@ def test_evaluate_every_checkpoint_of_a_folder(trained, session_data, tmp_path, 
     results = evaluate.evaluate_checkpoints(
         str(trained / 'ckpt'), str(session_data), {}, all_checkpoints=True, batch_size=10,
         output_json=str(out_json), log_path=str(tmp_path / 'logs'))
-    assert [step for _, step, _ in results] == [3, 6]
+    assert [(r.step, r.which) for r in results] == [(3, ''), (6, 'last')]
     report = json.loads(out_json.read_text())
     assert report['model'] == 'ResNet-8' and len(report['checkpoints']) == 2
-    assert report['checkpoints'][1]['error'] == pytest.approx(1 - results[1][2].accuracy)
-    assert all(np.array(m.confusion).sum() == 24 for _, _, m in results)
+    assert report['checkpoints'][1]['error'] == pytest.approx(1 - results[1].metrics.accuracy)
+    assert report['checkpoints'][1]['calibration']['bins'] == 15
+    assert all(np.array(r.metrics.confusion).sum() == 24 for r in results)
     text = capsys.readouterr().out
     assert 'ResNet-8 on 24 test images' in text and 'per class' in text
     assert 'confusion matrix' in text and os.listdir(tmp_path / 'logs' / 'evaluator')
@@ -96,8 +97,8 @@ def test_the_trainers_last_evaluation_agrees_with_the_evaluator(session_data, tm
     loop.train(ModelConfig(num_layers=8), tiny_recipe(num_iterations=3),
                tiny_options(tmp_path, eval_every=3), str(session_data), out=quiet,
                on_record=lambda *r: records.append(r))
-    (_, _, metrics), = evaluate.evaluate_checkpoints(str(tmp_path / 'ckpt'), str(session_data),
-                                                     out=quiet)
+    metrics = evaluate.evaluate_checkpoints(str(tmp_path / 'ckpt'), str(session_data),
+                                            out=quiet)[0].metrics
     (_, split, during), = [r for r in records if r[1] != 'train']
     assert split == 'test' and during['accuracy'] == pytest.approx(metrics.accuracy)
     assert during['cross_entropy'] == pytest.approx(metrics.cross_entropy, rel=1e-5)

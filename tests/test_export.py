@@ -44,11 +44,10 @@ def test_the_saved_model_predicts_as_the_evaluator(exported, trained, session_da
     logits = net(pipeline.normalize(images, saved.pixel_mean), training=False)
     np.testing.assert_allclose(out['probabilities'].numpy(), tf.nn.softmax(logits).numpy(),
                                atol=1e-5)
-    (_, _, metrics), = evaluate.evaluate_checkpoints(str(trained / 'ckpt'), str(session_data),
-                                                     out=quiet)
+    result, = evaluate.evaluate_checkpoints(str(trained / 'ckpt'), str(session_data), out=quiet)
     confusion = np.zeros((10, 10), int)
     np.add.at(confusion, (labels.numpy(), out['classes'].numpy()), 1)
-    assert confusion.tolist() == metrics.confusion
+    assert confusion.tolist() == result.metrics.confusion
 
 
 def test_the_tflite_file_agrees_with_the_saved_model(exported, session_data):

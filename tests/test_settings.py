@@ -315,13 +315,17 @@ def test_the_evaluators_figures_are_numpys_forward_pass_in_evaluation_mode(train
     logits = ref.preact_resnet_logits(net, x)
     if tta:
         logits = (logits + ref.preact_resnet_logits(net, x[:, :, ::-1])) / 2
-    (_, _, metrics), = evaluate.evaluate_checkpoints(prefix, str(session_data), tta=tta,
-                                                     out=quiet)
+    result, = evaluate.evaluate_checkpoints(prefix, str(session_data), tta=tta, out=quiet)
+    metrics = result.metrics
     confusion = np.zeros((10, 10), int)
     np.add.at(confusion, (labels, logits.argmax(-1)), 1)
     assert metrics.cross_entropy == pytest.approx(
         ref.softmax_cross_entropy(logits, labels).mean(), rel=1e-4)
     assert metrics.confusion == confusion.tolist()
+    ece, brier = ref.calibration(logits, labels)
+    assert metrics.calibration.ece == pytest.approx(ece, abs=1e-5)
+    assert metrics.calibration.brier == pytest.approx(brier, rel=1e-4)
+    assert metrics.calibration.nll == pytest.approx(metrics.cross_entropy, rel=1e-5)
 
 
 def test_a_resumed_run_goes_on_from_the_checkpoints_weight_averages(session_data, tmp_path):
@@ -413,8 +417,8 @@ def test_the_evaluator_evaluates_the_averages_or_the_live_weights_as_asked(sessi
     for averaged in (True, False):
         net, _ = evaluate.load_network(run.checkpoint, averaged=averaged, out=quiet)
         expected = ref.softmax_cross_entropy(ref.preact_resnet_logits(net, x), labels).mean()
-        (_, _, metrics), = evaluate.evaluate_checkpoints(run.checkpoint, str(session_data),
-                                                         averaged=averaged, out=quiet)
-        assert metrics.cross_entropy == pytest.approx(expected, rel=1e-4)
+        result, = evaluate.evaluate_checkpoints(run.checkpoint, str(session_data),
+                                                averaged=averaged, out=quiet)
+        assert result.metrics.cross_entropy == pytest.approx(expected, rel=1e-4)
         entropies[averaged] = expected
     assert entropies[True] != pytest.approx(entropies[False], rel=1e-3)   # they do differ

@@ -46,11 +46,20 @@ def main(argv):
         if FLAGS.images:
             export.predict_files(serving, FLAGS.images)
         return 0
-    evaluate.evaluate_checkpoints(
+    if FLAGS.reliability_png:
+        from v2.tools import figures  # matplotlib: refused before anything is evaluated
+        figures.pyplot()
+        evaluate.check_writable(FLAGS.reliability_png, 'reliability_png')
+    results = evaluate.evaluate_checkpoints(
         FLAGS.ckpt_path, FLAGS.data_path, flags.explicit_architecture(),
         all_checkpoints=FLAGS.all_checkpoints, batch_size=FLAGS.eval_batch_size,
         output_json=FLAGS.output_json, precision=FLAGS.precision, log_path=_log_path(),
-        tta=FLAGS.tta, averaged=FLAGS.averaged, devices=tuple(FLAGS.devices))
+        tta=FLAGS.tta, averaged=FLAGS.averaged, devices=tuple(FLAGS.devices),
+        temperature_scaling=FLAGS.temperature_scaling)
+    if FLAGS.reliability_png:
+        shown = next((r for r in results if r.which == 'last'), results[-1])
+        figures.reliability_diagram(shown, FLAGS.reliability_png)
+        print('wrote %s' % FLAGS.reliability_png)
     return 0
 
 

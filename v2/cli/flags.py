@@ -172,6 +172,13 @@ flags.DEFINE_boolean('all_checkpoints', False, 'Evaluate every checkpoint in the
 flags.DEFINE_string('output_json', None, 'Also write the figures to this JSON file.')
 flags.DEFINE_boolean('tta', False, 'Also evaluate each test image flipped and average the two '
                      'views\' logits (test-time augmentation; off by default, as in the papers).')
+flags.DEFINE_boolean('temperature_scaling', False,
+                     'Also give the calibration figures after temperature scaling (Guo et al. '
+                     '2017), its temperature fitted on the validation images the run held out '
+                     '(--validation_split), never on the test set.')
+flags.DEFINE_string('reliability_png', None,
+                    'Also draw the reliability diagram (accuracy against confidence in the ECE\'s '
+                    '15 bins) of the last checkpoint to this PNG (needs matplotlib).')
 flags.DEFINE_boolean('averaged', True, 'For a run with --ema_decay: evaluate and export its '
                      'weight averages (false: its live weights).')
 flags.DEFINE_string('export_dir', None,
@@ -238,7 +245,8 @@ RUN = ('log_per_iterations', 'save_every', 'max_to_keep', 'eval_every', 'steps_p
 TRAINER = (DATA_AND_NETWORK + RECIPE + RUN
            + ('ckpt_path', 'log_path', 'download', 'download_url', 'download_md5', 'dry_run'))
 EVALUATOR = DATA_AND_NETWORK + ('ckpt_path', 'log_path', 'all_checkpoints', 'output_json', 'tta',
-                                'averaged', 'export_dir', 'tflite', 'images', 'devices')
+                                'averaged', 'export_dir', 'tflite', 'images', 'devices',
+                                'temperature_scaling', 'reliability_png')
 BENCHMARK = (DATA_AND_NETWORK + RECIPE + RUN
              + ('warmup_steps', 'windows', 'window_steps', 'keras', 'keras_precision',
                 'conv_bound', 'rss_steps'))

@@ -2,7 +2,8 @@
 
 The set is read in uint8 batches (never as one 10000-image tensor) and one traced
 function sums the cross-entropy and the confusion matrix over a whole pass on the
-device: one host read per pass. Its batch dimension is free, so the last, smaller
+device, and keeps the pass's logits for the calibration figures (v2.evaluation.
+calibration): one host read per pass. Its batch dimension is free, so the last, smaller
 batch and every further checkpoint re-use the same trace. With tta, each image is
 also seen flipped and the two views' logits are averaged (the flip is one of the
 training augmentations, so the net knows both views).
@@ -18,6 +19,7 @@ import tensorflow as tf
 
 from v2.data import cifar, pipeline
 from v2.errors import UserError
+from v2.evaluation.calibration import Calibration, fit_temperature
 from v2.nets.model import build
 from v2.runtime import checkpoint
 from v2.runtime import devices as devices_lib
@@ -34,13 +36,20 @@ class Metrics:
     per_class_accuracy: list[float]   # = per-class recall
     per_class_precision: list[float]
     confusion: list[list[int]]      # rows: true class, columns: predicted class
+    calibration: Calibration | None = None
+    logits: np.ndarray | None = dataclasses.field(default=None, repr=False)  # [N, K] float32
+    labels: np.ndarray | None = dataclasses.field(default=None, repr=False)  # [N] int32
 
     @property
     def error(self):
         return 1.0 - self.accuracy
 
     def to_dict(self):
-        return dict(dataclasses.asdict(self), error=self.error)
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name not in ('logits', 'labels', 'calibration')}
+        if self.calibration:
+            fields['calibration'] = self.calibration.to_dict()
+        return dict(fields, error=self.error)
 
     @classmethod
     def from_confusion(cls, confusion, cross_entropy_sum):
@@ -57,12 +66,14 @@ class Metrics:
 
 
 class Evaluator:
-    """Sums cross-entropy and a confusion matrix over a pass with one traced function."""
+    """Sums cross-entropy and a confusion matrix over a pass with one traced function;
+    with keep_logits, also returns the pass's logits and the calibration figures."""
 
-    def __init__(self, model, pixel_mean, tta=False):
+    def __init__(self, model, pixel_mean, tta=False, keep_logits=False):
         self.model = model
         self.pixel_mean = pixel_mean
         self.tta = tta
+        self.keep_logits = keep_logits
         self.num_classes = model.config.num_classes
         # A partial, not the bound method: TensorFlow counts traces per code object and
         # would warn of "retracing" when many Evaluators (one per training run) trace it.
@@ -79,6 +90,10 @@ class Evaluator:
     def _pass_sums(self, batches):
         cross_entropy = tf.constant(0.0, tf.float64)
         confusion = tf.zeros([self.num_classes, self.num_classes], tf.int64)
+        kept = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False,
+                              element_shape=[None, self.num_classes])
+        kept_labels = tf.TensorArray(tf.int32, size=0, dynamic_size=True, infer_shape=False,
+                                     element_shape=[None])
         for images, labels in batches:
             logits = self.logits(images)
             cross_entropy += tf.cast(tf.reduce_sum(
@@ -86,11 +101,20 @@ class Evaluator:
             predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
             confusion += tf.math.confusion_matrix(labels, predictions, self.num_classes,
                                                   dtype=tf.int64)
-        return cross_entropy, confusion
+            if self.keep_logits:
+                kept = kept.write(kept.size(), tf.cast(logits, tf.float32))
+                kept_labels = kept_labels.write(kept_labels.size(), labels)
+        if not self.keep_logits:
+            return cross_entropy, confusion
+        return cross_entropy, confusion, kept.concat(), kept_labels.concat()
 
     def __call__(self, batches):
-        cross_entropy, confusion = self._pass(batches)
-        return Metrics.from_confusion(confusion.numpy(), cross_entropy.numpy())
+        cross_entropy, confusion, *kept = self._pass(batches)
+        metrics = Metrics.from_confusion(confusion.numpy(), cross_entropy.numpy())
+        if kept:
+            metrics.logits, metrics.labels = kept[0].numpy(), kept[1].numpy()
+            metrics.calibration = Calibration.of(metrics.logits, metrics.labels)
+        return metrics
 
     @property
     def traces(self):
@@ -130,26 +154,86 @@ def load_network(ckpt_path: str, wanted: dict | None = None, precision: str = 'f
     return Restorer(saved, precision, out, averaged).load(saved), saved
 
 
+@dataclasses.dataclass
+class Result:
+    """One checkpoint's figures on the test set.
+
+    which: 'last' (a run folder's latest checkpoint), 'best' (the one its validation
+    images chose during training, v2.training.actions.KeepBest) or '' (any other).
+    scaled: the calibration after temperature scaling fitted on the validation images.
+    """
+    prefix: str
+    step: int | None
+    metrics: Metrics
+    which: str = ''
+    validation_accuracy: float | None = None     # of a 'best' checkpoint, when it was chosen
+    scaled: Calibration | None = None
+    validation_images: int = 0                   # those the temperature was fitted on
+
+    def to_dict(self):
+        row = dict(checkpoint=self.prefix, step=self.step, which=self.which,
+                   **self.metrics.to_dict())
+        if self.validation_accuracy is not None:
+            row['validation_accuracy'] = self.validation_accuracy
+        if self.scaled:
+            row['temperature_scaled'] = dict(self.scaled.to_dict(),
+                                             validation_images=self.validation_images)
+        return row
+
+
+def checkpoints_named(ckpt_path, all_checkpoints=False):
+    """[(prefix, which, best record or None)]: what --ckpt_path names, labelled.
+
+    A run folder gives its latest checkpoint ('last'; every rolling one with
+    all_checkpoints), then, where its validation images kept one, its best ('best').
+    """
+    prefixes = checkpoint.find_all(ckpt_path) if all_checkpoints else [checkpoint.find(ckpt_path)]
+    folder = os.path.isdir(ckpt_path) and not checkpoint.is_prefix(ckpt_path)
+    named = [(p, 'last' if folder and i == len(prefixes) - 1 else '', None)
+             for i, p in enumerate(prefixes)]
+    best = checkpoint.find_best(ckpt_path)
+    if best:
+        named.append((best[0], 'best', best[1]))
+    return named
+
+
+def validation_images(saved, data_path, spec):
+    """The images the checkpoint's run held out (the last validation_split training
+    images), for temperature scaling; refused in one line when it held out none."""
+    held = json.loads(saved.training_json).get('validation_split', 0) if saved.training_json else 0
+    if not held:
+        raise UserError('temperature_scaling: %s comes from a run that held out no validation '
+                        'images; the temperature is fitted on them, never on the test set '
+                        '(train with --validation_split=N)' % saved.prefix,
+                        settings=('temperature_scaling',))
+    images, labels = cifar.load_split(data_path, spec, 'train')
+    return cifar.hold_out(images, labels, held, data_path)[1]
+
+
 def evaluate_checkpoints(ckpt_path: str, data_path: str | None = None,
                          wanted: dict | None = None, all_checkpoints: bool = False,
                          batch_size: int = 500, output_json: str | None = None,
                          out=print, precision: str = 'float32', log_path: str | None = None,
-                         tta: bool = False, averaged: bool = True, devices: tuple = ()):
+                         tta: bool = False, averaged: bool = True, devices: tuple = (),
+                         temperature_scaling: bool = False) -> list[Result]:
     """Evaluates the checkpoint(s) that ckpt_path names on the test set.
 
+    A run folder gives its last checkpoint and, where its validation images chose one
+    during training, its best, each labelled (all_checkpoints: every rolling one too).
     The architecture comes from the checkpoint; `wanted` (a dict of ModelConfig
     fields the user set explicitly) must match it. data_path None means the
-    folder the checkpoint's data set extracts to. With log_path, each checkpoint's
-    test cross-entropy and accuracy go to TensorBoard at its step, in the run
-    log_path/evaluator beside the trainer's runs. A checkpoint of a run with weight
-    averaging is evaluated with its averages (averaged=False: its live weights). It
-    computes on one device, the first GPU or the one `devices` names, and takes only the
-    memory it needs there, so that it fits beside a running trainer.
-    Returns [(prefix, step, Metrics)].
+    folder the checkpoint's data set extracts to. Every checkpoint gets its accuracy,
+    cross-entropy and calibration figures (ECE, NLL, Brier); with temperature_scaling,
+    also those after a temperature fitted on the run's own validation images. With
+    log_path, each checkpoint's test cross-entropy and accuracy go to TensorBoard at
+    its step, in the run log_path/evaluator beside the trainer's runs. A checkpoint
+    of a run with weight averaging is evaluated with its averages (averaged=False: its
+    live weights). It computes on one device, the first GPU or the one `devices` names,
+    and takes only the memory it needs there, so that it fits beside a running trainer.
     """
     devices_lib.setup_for_evaluation(devices, out)
-    prefixes = checkpoint.find_all(ckpt_path) if all_checkpoints else [checkpoint.find(ckpt_path)]
-    saved = [checkpoint.Saved(p) for p in prefixes]
+    named = checkpoints_named(ckpt_path, all_checkpoints)
+    saved = [checkpoint.Saved(p) for p, _, _ in named]
     for s in saved:
         s.check_matches(wanted or {})
     architectures = {s.config for s in saved}
@@ -160,23 +244,33 @@ def evaluate_checkpoints(ckpt_path: str, data_path: str | None = None,
                         settings=('ckpt_path',))
     config = saved[0].config
     spec = cifar.DATASETS[config.dataset]
-    images, labels = cifar.load_split(data_path or spec.folder, spec, 'test')
+    data_path = data_path or spec.folder
+    images, labels = cifar.load_split(data_path, spec, 'test')
+    held_out = validation_images(saved[-1], data_path, spec) if temperature_scaling else None
     if output_json:
-        _check_writable(output_json)
+        check_writable(output_json, 'output_json')
 
     writer = (tf.summary.create_file_writer(os.path.join(log_path, 'evaluator'))
               if log_path else None)
     restorer = Restorer(saved[0], precision, out, averaged)
-    evaluator = Evaluator(restorer.net, restorer.mean, tta)
+    evaluator = Evaluator(restorer.net, restorer.mean, tta, keep_logits=True)
     results = []
-    for s in saved:
+    for s, (_, which, record) in zip(saved, named):
         restorer.load(s)
-        metrics = evaluator(pipeline.eval_batches(images, labels, batch_size))
-        results.append((s.prefix, s.step, metrics))
-        if writer and s.step is not None:
+        result = Result(s.prefix, s.step, evaluator(pipeline.eval_batches(images, labels,
+                                                                          batch_size)), which,
+                        record['validation_accuracy'] if record else None)
+        if held_out is not None:
+            validation = evaluator(pipeline.eval_batches(*held_out, batch_size))
+            temperature = fit_temperature(validation.logits, validation.labels)
+            result.scaled = Calibration.of(result.metrics.logits, result.metrics.labels,
+                                           temperature)
+            result.validation_images = len(validation.labels)
+        results.append(result)
+        if writer and s.step is not None and which != 'best':
             with writer.as_default(step=s.step):
-                tf.summary.scalar('cross_entropy', metrics.cross_entropy)
-                tf.summary.scalar('accuracy', metrics.accuracy)
+                tf.summary.scalar('cross_entropy', result.metrics.cross_entropy)
+                tf.summary.scalar('accuracy', result.metrics.accuracy)
     if writer:
         writer.flush()
         out('TensorBoard: tensorboard --logdir=%s (run "evaluator")' % log_path)
@@ -191,23 +285,43 @@ def evaluate_checkpoints(ckpt_path: str, data_path: str | None = None,
                        'test_files': list(spec.test_files),
                        'class_names': list(spec.class_names), 'tta': tta,
                        'weight_averages': bool(weights),
-                       'checkpoints': [dict(checkpoint=p, step=step, **m.to_dict())
-                                       for p, step, m in results]}, f, indent=1)
+                       'checkpoints': [r.to_dict() for r in results]}, f, indent=1)
         out('wrote %s' % output_json)
     return results
 
 
 def report(results, config, class_names, how=''):
-    """The printed report: per-checkpoint table, then per-class accuracy of the last."""
-    lines = ['%s on %d test images%s' % (config.describe(), results[-1][2].num_examples, how),
-             '%10s %14s %10s %8s  %s' % ('step', 'cross-entropy', 'accuracy', 'error',
-                                         'checkpoint')]
-    for prefix, step, m in results:
-        lines.append('%10s %14.4f %9.2f%% %7.2f%%  %s' % (step, m.cross_entropy,
-                                                         100 * m.accuracy, 100 * m.error, prefix))
-    last = results[-1][2]
+    """The printed report: per-checkpoint table with calibration (and after temperature
+    scaling), then per-class accuracy of the last checkpoint (the first of a last/best pair)."""
+    lines = ['%s on %d test images%s' % (config.describe(), results[-1].metrics.num_examples, how),
+             '%4s %8s %14s %10s %8s %8s %7s  %s' % ('', 'step', 'cross-entropy', 'accuracy',
+                                                  'error', 'ECE', 'Brier', 'checkpoint')]
+    for r in results:
+        m, c = r.metrics, r.metrics.calibration
+        lines.append('%4s %8s %14.4f %9.2f%% %7.2f%% %7.2f%% %7.4f  %s'
+                     % (r.which, r.step, m.cross_entropy, 100 * m.accuracy, 100 * m.error,
+                        100 * c.ece, c.brier, r.prefix))
+    lines.append('ECE: %d equal-width confidence bins; cross-entropy = NLL; Brier: summed over '
+                 'the classes (0-2)' % len(results[-1].metrics.calibration.bin_count))
+    best = [r for r in results if r.which == 'best']
+    if best:
+        lines.append('best: the checkpoint of the highest validation accuracy during training '
+                     '(%.2f%% at step %s); both figures are on the test set'
+                     % (100 * best[0].validation_accuracy, best[0].step))
+    if results[-1].scaled:
+        lines.append('temperature scaling, fitted on the %d validation images:'
+                     % results[-1].validation_images)
+        lines.append('%4s %8s %12s %16s %18s %16s' % ('', 'step', 'temperature', 'NLL before/after',
+                                                     'ECE before/after', 'Brier before/after'))
+        for r in results:
+            c, t = r.metrics.calibration, r.scaled
+            lines.append('%4s %8s %12.3f %7.4f/%-8.4f %8.2f%%/%-8s %7.4f/%-8.4f'
+                         % (r.which, r.step, t.temperature, c.nll, t.nll, 100 * c.ece,
+                            '%.2f%%' % (100 * t.ece), c.brier, t.brier))
+    shown = next((r for r in results if r.which == 'last'), results[-1])
+    last = shown.metrics
     lines.append('per class (%s):   precision   recall (= accuracy)'
-                 % os.path.basename(results[-1][0]))
+                 % os.path.basename(shown.prefix))
     lines.extend('  %-14s %9.2f%% %9.2f%%' % (name, 100 * p, 100 * r) for name, p, r in
                  zip(class_names, last.per_class_precision, last.per_class_accuracy))
     if len(class_names) <= 20:          # CIFAR-100's 100x100 matrix is in the JSON only
@@ -219,8 +333,9 @@ def report(results, config, class_names, how=''):
     return '\n'.join(lines)
 
 
-def _check_writable(path):
+def check_writable(path, flag):
+    """Refuses a file to be written into a folder that does not exist."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise UserError('output_json=%s: the folder %s does not exist' % (path, folder),
-                        settings=('output_json',))
+        raise UserError('%s=%s: the folder %s does not exist' % (flag, path, folder),
+                        settings=(flag,))

@@ -9,6 +9,7 @@ variable is restored, never half-loaded.
 """
 
 import dataclasses
+import json
 import os
 import shutil
 
@@ -23,6 +24,10 @@ MEAN_KEY = 'pixel_mean/.ATTRIBUTES/VARIABLE_VALUE'
 STEP_KEY = 'step/.ATTRIBUTES/VARIABLE_VALUE'
 EMA_PREFIX = 'ema/'
 LOSS_SCALE_PREFIX = 'loss_scale/'
+# With a validation split, the checkpoint of the best validation accuracy is kept in
+# <ckpt_path>/best, apart from the rolling ones, with best.json naming its step and figure.
+BEST_FOLDER = 'best'
+BEST_RECORD = 'best.json'
 
 
 def make(model, pixel_mean, step=None, optimizer=None, training_json='', loss_scale=None,
@@ -94,6 +99,43 @@ def find_all(ckpt_path):
     find(ckpt_path)                                       # the errors for a bad folder
     state = tf.train.get_checkpoint_state(ckpt_path)
     return [p for p in state.all_model_checkpoint_paths if is_prefix(p)]
+
+
+def read_best(ckpt_path):
+    """The record of the best-on-validation checkpoint kept in the run folder ckpt_path
+    ({'step', 'validation_accuracy', 'checkpoint'}), or None where there is none."""
+    path = os.path.join(ckpt_path, BEST_FOLDER, BEST_RECORD)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        record['checkpoint'] = os.path.join(ckpt_path, BEST_FOLDER,
+                                            os.path.basename(record['checkpoint']))
+        float(record['validation_accuracy']), int(record['step'])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError('%s: not a record of the best checkpoint (%s); delete it to start '
+                        'the selection afresh' % (path, e)) from None
+    return record
+
+
+def write_best(ckpt_path, prefix, step, validation_accuracy):
+    """Records the best checkpoint; written whole or not at all (renamed into place)."""
+    path = os.path.join(ckpt_path, BEST_FOLDER, BEST_RECORD)
+    with open(path + '.tmp', 'w') as f:
+        json.dump({'step': int(step), 'validation_accuracy': float(validation_accuracy),
+                   'checkpoint': os.path.basename(prefix)}, f)
+    os.replace(path + '.tmp', path)
+
+
+def find_best(ckpt_path):
+    """(prefix, record) of the best-on-validation checkpoint of a run folder, or None."""
+    if is_prefix(ckpt_path) or not os.path.isdir(ckpt_path):
+        return None
+    record = read_best(ckpt_path)
+    if record is None or not is_prefix(record['checkpoint']):
+        return None
+    return record['checkpoint'], record
 
 
 class Saved:

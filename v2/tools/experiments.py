@@ -137,10 +137,10 @@ class Grid:
 
     def test_error(self, run, tta=False):
         """The test error of a run's final checkpoint, evaluated as run_evaluator.py does."""
-        (_, _, metrics), = evaluate.evaluate_checkpoints(
+        last = evaluate.evaluate_checkpoints(
             run.folder, self.data_path, batch_size=self.options.eval_batch_size,
-            out=lambda line: None, tta=tta)
-        return metrics.error
+            out=lambda line: None, tta=tta)[0]          # the last, never the best on validation
+        return last.metrics.error
 
 
 def read_grid(command):

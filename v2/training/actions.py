@@ -5,6 +5,8 @@
   Evaluate  every eval_every steps: the held-out or test images, summarised, recorded.
   Save      at a logging step at least save_every steps (or seconds) after the last
             save, at the end, and on a stop request.
+  KeepBest  with a validation split: after an evaluation that beats every earlier one,
+            the checkpoint kept apart in <ckpt_path>/best.
   StopRequests  the first SIGINT/SIGTERM becomes a request to save and stop.
 
 Records (on_record) always come before the checkpoint of their step is written, so a
@@ -12,6 +14,7 @@ caller's record never lags the checkpoints it resumes from.
 """
 
 import math
+import os
 import signal
 import time
 
@@ -21,7 +24,7 @@ from v2.data import pipeline
 from v2.errors import UserError
 from v2.evaluation.evaluate import Evaluator
 from v2.nets.model import build
-from v2.runtime import distribution
+from v2.runtime import checkpoint, distribution
 from v2.training.nonfinite import NonFinitePolicy
 from v2.training.step import METRICS
 
@@ -147,6 +150,7 @@ class Evaluate:
         if self.on_record:
             self.on_record(step, self.split, {'cross_entropy': metrics.cross_entropy,
                                               'accuracy': metrics.accuracy})
+        return metrics
 
 
 class Save:
@@ -175,3 +179,34 @@ class Save:
                                                   str(e).strip().splitlines()[0],
                                                   self.last)) from None
         self.last_step, self.last_time = step, time.monotonic()
+
+
+class KeepBest:
+    """Keeps the checkpoint of the best validation accuracy apart from the rolling ones.
+
+    Only the held-out validation images choose it, never the test set: the papers report
+    the last network, and a checkpoint chosen on the test set would report an optimistic
+    error. It lives in <ckpt_path>/best (one checkpoint, which max_to_keep never removes),
+    with best.json naming its step and accuracy, so a resumed run keeps competing against
+    it. Only a strictly better accuracy replaces it: a tie keeps the earlier step.
+    """
+
+    def __init__(self, folders, ckpt, ckpt_path, out):
+        self.folders, self.ckpt, self.ckpt_path, self.out = folders, ckpt, ckpt_path, out
+        self.manager = tf.train.CheckpointManager(
+            ckpt, os.path.join(ckpt_path, checkpoint.BEST_FOLDER), max_to_keep=1)
+        record = checkpoint.read_best(ckpt_path)      # every worker: they must agree
+        self.accuracy = record['validation_accuracy'] if record else -1.0
+
+    def __call__(self, step, accuracy):
+        if accuracy <= self.accuracy:
+            return
+        try:
+            prefix = self.folders.save(self.manager, self.ckpt, step)
+            if self.folders.cluster.is_chief:
+                checkpoint.write_best(self.ckpt_path, prefix, step, accuracy)
+        except OSError as e:
+            raise UserError('could not keep the best checkpoint of step %d in %s (%s)'
+                            % (step, self.manager.directory, e.strerror or e)) from None
+        self.accuracy = accuracy
+        self.out('step %d: the best validation accuracy so far, kept as %s' % (step, prefix))

@@ -39,6 +39,7 @@ class Loop:
     evaluate: actions.Evaluate | None
     save: actions.Save
     on_step: Callable | None
+    keep_best: actions.KeepBest | None = None
 
     def next_stop(self, current, total, steps_per_call):
         """The next step after `current` where a call of the traced steps must end."""
@@ -63,7 +64,9 @@ class Loop:
                 window = self.log(current, stop=bool(stop.signum),
                                   save=self.save.due(current, last))
             if self.evaluate and self.evaluate.due(current, last):
-                self.evaluate(current)
+                metrics = self.evaluate(current)
+                if self.keep_best:
+                    self.keep_best(current, metrics.accuracy)
             if window and (window['save'] or window['stop'] or last):
                 self.save(current)
             if window:
@@ -156,7 +159,8 @@ def _restored_state(setup, model_config, recipe, options, data, saved):
         tf.config.experimental.enable_op_determinism()
     state = TrainState.create(model_config, recipe, setup.cluster.strategy, dtype, data.mean)
     if setup.cluster.is_chief:
-        preflight.check_free_space(options.ckpt_path, state.bytes(), options.max_to_keep)
+        best = 1 if recipe.validation_split and options.eval_every else 0
+        preflight.check_free_space(options.ckpt_path, state.bytes(), options.max_to_keep + best)
         preflight.remove_partial_saves(options.ckpt_path, setup.out)
     if saved:
         state.restore(recipe, saved, setup.out)
@@ -216,5 +220,7 @@ def _make_loop(*, setup, state, recipe, options, data, dtype, model_config, fold
     manager = tf.train.CheckpointManager(ckpt, options.ckpt_path, max_to_keep=options.max_to_keep)
     save = actions.Save(folders, manager, ckpt, start, last_checkpoint, options.save_every,
                         options.save_every_secs)
+    keep_best = (actions.KeepBest(folders, ckpt, options.ckpt_path, setup.out)
+                 if evaluate and data.evaluation_split == 'validation' else None)
     return Loop(state.train_steps(recipe, cluster.strategy, setup.jit), iter(batches), log,
-                evaluate, save, on_step)
+                evaluate, save, on_step, keep_best)
