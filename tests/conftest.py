@@ -142,6 +142,20 @@ def trained(tmp_path_factory, session_data):
     return root
 
 
+@pytest.fixture(scope='session')
+def validated(tmp_path_factory, session_data):
+    """A ResNet-8 trained 8 steps holding out 16 images, logged, evaluated and saved every 2
+    steps (its best checkpoint kept apart); with every record it made; read only."""
+    from v2.nets.model import ModelConfig
+    from v2.training import loop
+    root = tmp_path_factory.mktemp('validated')
+    records = []
+    loop.train(ModelConfig(num_layers=8), tiny_recipe(num_iterations=8, validation_split=16),
+               tiny_options(root, eval_every=2, save_every=2, log_per_iterations=2),
+               str(session_data), out=quiet, on_record=lambda *r: records.append(r))
+    return root, records
+
+
 @pytest.fixture
 def trained_copy(trained, tmp_path):
     """A copy of the trained run, for tests that resume or damage it."""

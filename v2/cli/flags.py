@@ -220,6 +220,8 @@ flags.DEFINE_boolean('gpu_tier', True, 'gpu_report: run the GPU tier of the test
 # --- the experiments (python -m v2.tools.experiments) and figures ---
 flags.DEFINE_string('out', 'files', 'Folder for the figures, the CSV/JSON and the tables '
                     '(gpu_report: for its Markdown, default docs/).')
+flags.DEFINE_string('png', 'curves.png', 'The PNG the training curves are drawn to.')
+flags.DEFINE_string('title', None, 'The curves\' title (default: the runs drawn).')
 flags.DEFINE_string('work_dir', None, 'One folder per run (checkpoints, TensorBoard logs, '
                     'points); default: runs/<command>.')
 flags.DEFINE_list('depths', ['20', '56'], 'Depths of the grid (6n+2 for resnet).')
@@ -257,8 +259,9 @@ STEP_VARIANTS = BENCHMARK + ('variants', 'rounds', 'machine_readable')
 GPU_REPORT = ('data_path', 'devices', 'tf32', 'depths', 'out', 'keras', 'warmup_steps', 'windows',
               'window_steps', 'budget_minutes', 'gpu_tier')
 FIGURES = ('out',)
+CURVES = ('png', 'title')
 ALL = tuple(dict.fromkeys(TRAINER + EVALUATOR + BENCHMARK + STEP_VARIANTS + EXPERIMENTS
-                          + FIGURES + GPU_REPORT))
+                          + FIGURES + GPU_REPORT + CURVES))
 
 # Flags that do not apply to a family, refused when given explicitly.
 NOT_FOR = {
