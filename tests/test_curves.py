@@ -3,6 +3,7 @@
 import csv
 
 import pytest
+import tensorflow as tf
 from conftest import quiet, tiny_options, tiny_recipe
 
 from v2.errors import UserError
@@ -68,3 +69,34 @@ def test_what_cannot_be_drawn_is_one_line(tmp_path):
     (tmp_path / 'metrics.csv').write_text('when,what\n1,2\n')
     with pytest.raises(UserError, match='metrics.csv: not a metrics.csv of this trainer'):
         record.read(str(tmp_path / 'metrics.csv'))
+
+
+def _hparams_of(folder):
+    """The session start info TensorBoard's HParams plugin reads from a log folder's events."""
+    from tensorboard.plugins.hparams import metadata
+    found = []
+    for path in folder.glob('events.out.tfevents.*'):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == metadata.SESSION_START_INFO_TAG:
+                    found.append(metadata.parse_session_start_info_plugin_data(
+                        value.metadata.plugin_data.content))
+    return found
+
+
+def test_the_run_is_a_session_of_tensorboards_hparams_dashboard(validated):
+    """Its hyper-parameters are the recipe and network it ran; its metrics, the scalars of
+    its train/ and validation/ runs, end at its final figures."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    root, records = validated
+    info, = _hparams_of(root / 'logs')
+    hparams = {k: (v.number_value if v.HasField('number_value') else
+                   v.string_value if v.HasField('string_value') else v.bool_value)
+               for k, v in info.hparams.items()}
+    assert hparams['network.num_layers'] == 8 and hparams['network.model'] == 'resnet'
+    assert hparams['recipe.batch_size'] == 8 and hparams['recipe.validation_split'] == 16
+    assert hparams['recipe.schedule.values'] == '0.05,0.005'
+    assert hparams['recipe.nesterov'] is False
+    validation = EventAccumulator(str(root / 'logs' / 'validation')).Reload()
+    last = tf.make_ndarray(validation.Tensors('accuracy')[-1].tensor_proto)
+    assert last == pytest.approx(records[-1][2]['accuracy'])

@@ -86,7 +86,8 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
     receives every logged window's means (split 'train') and every evaluation
     ('test' or 'validation'), always before the checkpoint of that step is
     written, so a caller's record never lags the checkpoints it resumes from.
-    The same records go to <log_path>/metrics.csv (v2.training.record).
+    The same records go to <log_path>/metrics.csv, and the network and recipe to
+    TensorBoard's HParams dashboard (v2.training.record).
 
     options.distribution_strategy picks the tf.distribute strategy; devices and the
     strategy are set up first, as TensorFlow requires. Under multi_worker every
@@ -203,8 +204,9 @@ def _make_loop(*, setup, state, recipe, options, data, dtype, model_config, fold
                last_checkpoint, on_step, on_record):
     """The Loop of a run: its traced steps, its batches and its actions."""
     cluster = setup.cluster
-    if cluster.is_chief:              # the run's CSV beside its TensorBoard logs
+    if cluster.is_chief:              # the run's CSV and hyper-parameters beside its logs
         on_record = record.both(record.MetricsCsv(options.logs, start), on_record)
+        record.write_hyperparameters(options.logs, model_config, recipe, options.ckpt_path)
     batches = distribution.distribute_batches(
         cluster, lambda: inputs.training_batches(data, recipe, start, setup.on_host,
                                                  state.mean.numpy()),

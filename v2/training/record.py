@@ -1,4 +1,5 @@
-"""Each run's windows and evaluations in a CSV beside its TensorBoard logs: <log_path>/metrics.csv.
+"""What a run records beside its TensorBoard scalars: a CSV of its windows and evaluations
+(<log_path>/metrics.csv), and its network and recipe for TensorBoard's HParams dashboard.
 
 One row per logging window (split 'train': the window's mean loss, cross-entropy and
 accuracy, its last rate, its speed) and per evaluation (split 'validation' or 'test'),
@@ -9,7 +10,10 @@ the run writes them again.
 """
 
 import csv
+import json
 import os
+
+import tensorflow as tf
 
 from v2.errors import UserError
 
@@ -63,3 +67,37 @@ def both(first, second):
         first(*args)
         second(*args)
     return record
+
+
+def hyperparameters(model_config, recipe):
+    """The run's network and recipe as flat TensorBoard hyper-parameters: 'network.num_layers',
+    'recipe.schedule.values' (lists as comma-separated text), ..."""
+    flat = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk('%s.%s' % (prefix, key), inner)
+        elif isinstance(value, (list, tuple)):
+            flat[prefix] = ','.join(str(v) for v in value)
+        else:
+            flat[prefix] = 'none' if value is None else value
+    walk('network', json.loads(model_config.to_json()))
+    walk('recipe', json.loads(recipe.to_json()))
+    return flat
+
+
+def write_hyperparameters(log_path, model_config, recipe, run_name):
+    """Records the run for TensorBoard's HParams dashboard, in log_path itself.
+
+    The dashboard treats log_path as one session: its hyper-parameters are these, its
+    metrics the scalars of its train/, validation/ or test/ and evaluator/ runs, each
+    shown at its last step, i.e. the run's final figures. A grid's runs (one log folder
+    each, as v2.tools.experiments makes them) then line up in one table under
+    tensorboard --logdir=<work_dir>.
+    """
+    from tensorboard.plugins.hparams import api as hp  # what TensorBoard reads it with
+    writer = tf.summary.create_file_writer(log_path)
+    with writer.as_default():
+        hp.hparams(hyperparameters(model_config, recipe), trial_id=run_name)
+    writer.close()
