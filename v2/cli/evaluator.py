@@ -33,7 +33,8 @@ def main(argv):
         net, saved = evaluate.load_network(FLAGS.ckpt_path, flags.explicit_architecture(),
                                            averaged=FLAGS.averaged,
                                            devices=tuple(FLAGS.devices))
-        class_names = cifar.DATASETS[saved.config.dataset].class_names
+        class_names = cifar.spec_of(saved.config.dataset, FLAGS.data_path,
+                                    saved.config.num_classes).class_names
         serving = export.Serving(net, saved.pixel_mean, class_names)
         if FLAGS.export_dir:
             export.export_saved_model(serving, FLAGS.export_dir)

@@ -220,6 +220,10 @@ flags.DEFINE_boolean('gpu_tier', True, 'gpu_report: run the GPU tier of the test
 # --- the experiments (python -m v2.tools.experiments) and figures ---
 flags.DEFINE_string('out', 'files', 'Folder for the figures, the CSV/JSON and the tables '
                     '(gpu_report: for its Markdown, default docs/).')
+flags.DEFINE_string('image_folder', None, 'Your images: one folder of PNG/JPEG files per class '
+                    '(or train/ and test/ folders of such folders), converted into --data_path.')
+flags.DEFINE_float('test_fraction', 0.2, 'Without train/ and test/ folders: the share of each '
+                   'class held out as the test set.')
 flags.DEFINE_string('png', 'curves.png', 'The PNG the training curves are drawn to.')
 flags.DEFINE_string('title', None, 'The curves\' title (default: the runs drawn).')
 flags.DEFINE_string('work_dir', None, 'One folder per run (checkpoints, TensorBoard logs, '
@@ -260,8 +264,9 @@ GPU_REPORT = ('data_path', 'devices', 'tf32', 'depths', 'out', 'keras', 'warmup_
               'window_steps', 'budget_minutes', 'gpu_tier')
 FIGURES = ('out',)
 CURVES = ('png', 'title')
+CONVERT = ('image_folder', 'data_path', 'test_fraction')
 ALL = tuple(dict.fromkeys(TRAINER + EVALUATOR + BENCHMARK + STEP_VARIANTS + EXPERIMENTS
-                          + FIGURES + GPU_REPORT + CURVES))
+                          + FIGURES + GPU_REPORT + CURVES + CONVERT))
 
 # Flags that do not apply to a family, refused when given explicitly.
 NOT_FOR = {
@@ -286,14 +291,14 @@ def _dataset_name():
 
 def architecture_values():
     """The ModelConfig fields the architecture flags give, explicit or default."""
-    dataset = _dataset_name()
+    dataset = cifar.dataset_of(_dataset_name(), FLAGS.data_path)
     return dict(model=FLAGS.model, num_layers=FLAGS.num_layers,
                 resnet_version=int(FLAGS.resnet_version), bottleneck=FLAGS.bottleneck,
                 shortcut_type=FLAGS.shortcut_type,
                 shortcut_connections=FLAGS.shortcut_connections,
                 strided_padding=FLAGS.strided_padding, widen_factor=FLAGS.widen_factor,
                 dropout_rate=FLAGS.dropout_rate,
-                dataset=dataset, num_classes=cifar.DATASETS[dataset].num_classes)
+                dataset=dataset, num_classes=cifar.spec_of(dataset, FLAGS.data_path).num_classes)
 
 
 def _check_applicable():
@@ -325,7 +330,7 @@ def explicit_architecture():
 
 def data_path(config):
     """--data_path, or the folder the data set's official archive extracts to."""
-    return FLAGS.data_path or cifar.DATASETS[config.dataset].folder
+    return FLAGS.data_path or cifar.spec_of(config.dataset).folder
 
 
 def _numbers(flag, kind):

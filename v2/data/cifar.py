@@ -73,6 +73,59 @@ DATASETS = {
 CIFAR10 = DATASETS['cifar10']
 # The record layout of CIFAR-10, for readers of the format.
 RECORD_BYTES = CIFAR10.record_bytes
+# The official CIFAR-10 archive names its classes in this file, one a line; a folder made
+# from your own images (v2.data.convert) does too, with its own names.
+LABEL_NAMES = 'batches.meta.txt'
+OWN = 'own'        # the data set of such a folder: CIFAR-10's files, its own classes
+
+
+def read_label_names(data_path):
+    """The class names of data_path's batches.meta.txt, or None where it has none."""
+    path = os.path.join(data_path, LABEL_NAMES)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding='utf-8') as f:
+            names = [line.strip() for line in f]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError('%s: cannot be read (%s)' % (path, getattr(e, 'strerror', None) or e)
+                        ) from None
+    while names and not names[-1]:
+        names.pop()
+    if len(names) < 2 or not all(names) or len(set(names)) < len(names):
+        raise UserError('%s: expected two or more different class names, one a line'
+                        % path)
+    return tuple(names)
+
+
+def dataset_of(dataset, data_path):
+    """The data set a folder holds: `own` where it holds CIFAR-10's files with class names
+    other than CIFAR-10's (a folder of your own images, converted); else `dataset`."""
+    if dataset != 'cifar10' or not data_path or not os.path.isdir(data_path):
+        return dataset
+    names = read_label_names(data_path)
+    return OWN if names is not None and names != CIFAR10_CLASSES else dataset
+
+
+def spec_of(dataset, data_path=None, num_classes=None):
+    """The DatasetSpec of a data set; for `own`, read from data_path's label names (and,
+    with num_classes, checked against the network's)."""
+    if dataset != OWN:
+        return DATASETS[dataset]
+    if not data_path:
+        raise UserError('--data_path: a network trained on your own images needs the folder '
+                        'they were converted into (for its %s)' % LABEL_NAMES,
+                        settings=('data_path',))
+    names = read_label_names(data_path)
+    if names is None:
+        raise UserError('data_path=%s: no %s naming the classes; convert your images with '
+                        'python -m v2.cli.convert' % (data_path, LABEL_NAMES),
+                        settings=('data_path',))
+    if num_classes is not None and len(names) != num_classes:
+        raise UserError('%s names %d classes, but the network has %d'
+                        % (os.path.join(data_path, LABEL_NAMES), len(names), num_classes))
+    return dataclasses.replace(CIFAR10, name=OWN, class_names=names, folder=data_path,
+                               archive='')
 
 
 def get_hint(spec):

@@ -115,13 +115,14 @@ def extract(archive, folder):
 
 def download(dataset, data_path, url=None, md5=None, out=print):
     """Makes data_path hold the data set's binary files, downloading them if needed."""
-    spec = cifar.DATASETS[dataset]
-    default_url, default_md5 = SOURCES['cifar100' if dataset.startswith('cifar100') else dataset]
-    url, md5 = url or default_url, md5 or default_md5
+    spec = cifar.spec_of(dataset, data_path)
     names = spec.train_files + spec.test_files
     if all(os.path.exists(os.path.join(data_path, n)) for n in names):
-        out('download: %s already holds %s; nothing to download' % (data_path, spec.archive))
+        out('download: %s already holds %s; nothing to download'
+            % (data_path, spec.archive or 'its files'))
         return
+    default_url, default_md5 = SOURCES['cifar100' if dataset.startswith('cifar100') else dataset]
+    url, md5 = url or default_url, md5 or default_md5
     if os.path.exists(data_path) and not os.path.isdir(data_path):
         raise UserError('data_path=%s is a file; it must be a folder' % data_path,
                         settings=('data_path',))

@@ -243,7 +243,7 @@ def evaluate_checkpoints(ckpt_path: str, data_path: str | None = None,
                         % (ckpt_path, ', '.join(sorted(c.describe() for c in architectures))),
                         settings=('ckpt_path',))
     config = saved[0].config
-    spec = cifar.DATASETS[config.dataset]
+    spec = cifar.spec_of(config.dataset, data_path, config.num_classes)
     data_path = data_path or spec.folder
     images, labels = cifar.load_split(data_path, spec, 'test')
     held_out = validation_images(saved[-1], data_path, spec) if temperature_scaling else None

@@ -128,7 +128,7 @@ def export_tflite_files(export_dir, kinds, saved, data_path, out=print):
     if unknown:
         raise UserError('tflite=%s: expected some of %s'
                         % (','.join(kinds), ','.join(TFLITE_KINDS)), settings=('tflite',))
-    spec = cifar.DATASETS[saved.config.dataset]
+    spec = cifar.spec_of(saved.config.dataset, data_path, saved.config.num_classes)
     test_images, test_labels = (t.numpy() for t in cifar.load_split(data_path, spec, 'test'))
     train_images, _ = cifar.load_split(data_path, spec, 'train')
     order = np.random.default_rng(0).permutation(int(train_images.shape[0]))[:200]

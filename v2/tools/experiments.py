@@ -148,7 +148,7 @@ def read_grid(command):
     if not FLAGS.data_path:
         raise UserError('--data_path: give the folder of the CIFAR-10 binary files')
     config = flags.model_config(num_layers=FLAGS.num_layers or 20)
-    spec = cifar.DATASETS[config.dataset]
+    spec = cifar.spec_of(config.dataset, FLAGS.data_path)
     count = lambda paths: sum(os.path.getsize(p) for p in paths) // spec.record_bytes  # noqa
     train_images = count(cifar.check_files(FLAGS.data_path, spec.train_files, spec))
     test_images = count(cifar.check_files(FLAGS.data_path, spec.test_files, spec))

@@ -33,7 +33,7 @@ def load_training_data(model_config, recipe, data_path, evaluate=False):
     With recipe.validation_split the last images are held out: they are what
     eval_every evaluates, and the mean comes from the rest alone.
     """
-    spec = cifar.DATASETS[model_config.dataset]
+    spec = cifar.spec_of(model_config.dataset, data_path, model_config.num_classes)
     images, labels = cifar.load_split(data_path, spec, 'train')
     (images, labels), held_out = cifar.hold_out(images, labels, recipe.validation_split, data_path)
     if recipe.batch_size > images.shape[0]:
