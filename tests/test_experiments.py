@@ -248,3 +248,34 @@ def test_the_keras_reference_trains_the_same_grid(session_data, tmp_path):
     assert [r['cross_entropy'] for r in ours] != [r['cross_entropy'] for r in keras]
     assert sorted(os.listdir(tmp_path / 'work')) == ['keras_plain8_seed1', 'keras_resnet8_seed1',
                                                      'recipe.json', 'resnet8_seed1']
+
+
+@pytest.mark.slow
+def test_calibration_reports_last_and_best_and_the_temperatures_effect(session_data,
+                                                                        tmp_path):
+    """Each seed's row holds what the evaluator reports for its run folder; without a
+    validation split the command is refused before anything is trained."""
+    from v2.evaluation import evaluate
+    args = ['--data_path=%s' % session_data, '--out=%s' % tmp_path, '--depths=8', '--seeds=1,2',
+            '--work_dir=%s' % (tmp_path / 'work'), *TOY[2:]]
+    status, line = run('calibration', *args)
+    assert status == 1 and 'holds out no validation images' in line
+    assert not (tmp_path / 'work').exists()
+    status, line = run('calibration', *args, '--validation_split=16')
+    assert status == 0, line
+    with open(tmp_path / 'calibration.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [r['seed'] for r in rows] == ['1', '2']
+    for row in rows:
+        last, best = evaluate.evaluate_checkpoints(
+            str(tmp_path / 'work' / ('resnet8_seed%s' % row['seed'])), str(session_data),
+            temperature_scaling=True, out=lambda line: None)
+        near = dict(rel=1e-4, abs=1e-6)                      # the CSV keeps 6 digits
+        assert float(row['last_error']) == pytest.approx(last.metrics.error, **near)
+        assert float(row['best_error']) == pytest.approx(best.metrics.error, **near)
+        assert int(row['best_step']) == best.step
+        assert float(row['ece_scaled']) == pytest.approx(last.scaled.ece, **near)
+        assert float(row['temperature']) == pytest.approx(last.scaled.temperature, **near)
+    summary = json.loads((tmp_path / 'calibration.json').read_text())
+    assert summary['results'][0]['runs'] == 2
+    assert '| ResNet-8 v1 |' in (tmp_path / 'calibration.md').read_text()

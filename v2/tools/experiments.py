@@ -29,12 +29,17 @@ switches: the recipe with each modern option on (label smoothing, a cosine sched
   the recipe itself, over the seeds: switches.csv, switches.json, switches.md. Its
   default runs are figure6's and table's: with their --work_dir they are not trained
   again.
+calibration: with a validation split in the recipe, every depth and seed's last and
+  best-on-validation checkpoints on the test set, and the last one's calibration (ECE,
+  NLL, Brier) before and after temperature scaling fitted on the validation images:
+  calibration.csv, calibration.json, calibration.md.
 architecture: architecture.json, the ResNet-20 we build, read from the model
   (v2.tools.anatomy); drawn as architecture.png.
 """
 
 import csv
 import dataclasses
+import functools
 import json
 import os
 import statistics
@@ -485,6 +490,77 @@ def switches(grid, config, chosen):
                          '\n'.join(lines) + '\n')
 
 
+# --- calibration ---------------------------------------------------------------------------
+
+CALIBRATION_FIELDS = ('network', 'depth', 'seed', 'last_step', 'last_error', 'best_step',
+                      'best_error', 'best_validation_accuracy', 'temperature', 'ece', 'ece_scaled',
+                      'nll', 'nll_scaled', 'brier', 'brier_scaled')
+
+
+def number(columns, field, digits=3):
+    """'mean ± std' of a column of plain numbers (one run: the number)."""
+    mean, std = mean_std(columns[field])
+    return ('%.*f ± %.*f' % (digits, mean, digits, std) if len(columns[field]) > 1
+            else '%.*f' % (digits, mean))
+
+
+def calibration_row(run, results):
+    """One run's figures from its evaluated last and best checkpoints."""
+    last = next(r for r in results if r.which == 'last')
+    best = next((r for r in results if r.which == 'best'), last)
+    before, after = last.metrics.calibration, last.scaled
+    return dict(run.labels, network=run.model_config.describe(), last_step=last.step,
+                last_error=last.metrics.error, best_step=best.step, best_error=best.metrics.error,
+                best_validation_accuracy=best.validation_accuracy, temperature=after.temperature,
+                ece=before.ece, ece_scaled=after.ece, nll=before.nll, nll_scaled=after.nll,
+                brier=before.brier, brier_scaled=after.brier)
+
+
+def calibration(grid, base, depths):
+    """calibration: last against best-on-validation test error, and the calibration before
+    and after temperature scaling, of every depth and seed; writes calibration.*."""
+    if not grid.recipe.validation_split:
+        raise UserError('calibration: the recipe holds out no validation images, which choose '
+                        'the best checkpoint and fit the temperature; add --validation_split=N',
+                        settings=('validation_split',))
+    grid.check_work_dir(grid.spec(base))
+    runs = [Run(dict(depth=depth, seed=seed),
+                run_folder(grid.folder, dataclasses.replace(base, num_layers=depth), seed),
+                dataclasses.replace(base, num_layers=depth),
+                dataclasses.replace(grid.recipe, seed=seed))
+            for depth in depths for seed in grid.seeds]
+    rows = []
+    for i, run in enumerate(runs, 1):
+        grid.train(run, i, len(runs))
+        rows.append(calibration_row(run, evaluate.evaluate_checkpoints(
+            run.folder, grid.data_path, batch_size=grid.options.eval_batch_size,
+            out=lambda line: None, temperature_scaling=True)))
+    lines = ['Test-set figures (mean ± std over seeds %s) after %d iterations; %s. Last: the '
+             'final checkpoint; best: the one of the highest validation accuracy. ECE over 15 '
+             'equal-width bins, NLL and Brier of the last checkpoint, before and after a '
+             'temperature fitted on the validation images.'
+             % (', '.join(map(str, grid.seeds)), grid.recipe.num_iterations, grid.label()), '',
+             '| network | last: test error | best: test error | best at step | temperature | '
+             'ECE before → after | NLL before → after | Brier before → after |',
+             '|---|---:|---:|---:|---:|---:|---:|---:|']
+    entries = []
+    for depth in depths:
+        mine = [r for r in rows if r['depth'] == depth]
+        column = {f: [r[f] for r in mine] for f in CALIBRATION_FIELDS[3:]}
+        entries.append(dict(network=mine[0]['network'], depth=depth, runs=len(mine),
+                            **{f: dict(zip(('mean', 'std'), mean_std(v)), per_seed=v)
+                               for f, v in column.items()}))
+        plain = functools.partial(number, column)
+        lines.append('| %s | %s | %s | %s | %s | %s → %s | %s → %s | %s → %s |' % (
+            mine[0]['network'], percent(column['last_error']), percent(column['best_error']),
+            '/'.join(str(s) for s in column['best_step']), plain('temperature', 2),
+            percent(column['ece']), percent(column['ece_scaled']), plain('nll'),
+            plain('nll_scaled'), plain('brier'), plain('brier_scaled')))
+    return write_results(grid.out, 'calibration', rows, list(CALIBRATION_FIELDS),
+                         dict(recipe=json.loads(grid.recipe.to_json()), seeds=grid.seeds,
+                              data=grid.label(), results=entries), '\n'.join(lines) + '\n')
+
+
 # --- architecture --------------------------------------------------------------------------
 
 def architecture(out):
@@ -497,7 +573,7 @@ def architecture(out):
     return path
 
 
-COMMANDS = ('figure6', 'table', 'switches', 'architecture')
+COMMANDS = ('figure6', 'table', 'switches', 'calibration', 'architecture')
 
 
 def main(argv):
@@ -523,6 +599,8 @@ def main(argv):
             base = check_depths(depths)
             if command == 'table':
                 written = table(grid, base, depths)
+            elif command == 'calibration':
+                written = calibration(grid, base, depths)
             else:
                 networks = list(FLAGS.networks)
                 if not networks or set(networks) - set(NETWORKS):
