@@ -235,7 +235,9 @@ def test_the_device_path_with_xla_and_several_steps_a_call_trains_as_the_host_pa
         session_data, tmp_path):
     """The GPU's way on one CPU: uint8 batches prepared inside an XLA-compiled step, two
     steps a call, against tf.data preparing them on the host. XLA's CPU kernels sum in
-    another order than oneDNN's, so the weights agree to float32 rounding over 4 steps."""
+    another order than oneDNN's, so the weights agree to float32 rounding over 4 steps:
+    within 3e-5 absolute, as the batch-norm shifts start at 0 and move by sums of
+    gradients that nearly cancel (their rounding reached 1.1e-5 on TensorFlow 2.16.2)."""
     import numpy as np
     from conftest import model_weights
     recipe = tiny_recipe(num_iterations=4, cutout=4)    # op determinism would outlive the test
@@ -249,5 +251,5 @@ def test_the_device_path_with_xla_and_several_steps_a_call_trains_as_the_host_pa
     a, b = model_weights(host.checkpoint), model_weights(device.checkpoint)
     assert a.keys() == b.keys()
     for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=3e-5, err_msg=key)
     assert host.last_metrics['loss'] == pytest.approx(device.last_metrics['loss'], rel=1e-4)
