@@ -123,6 +123,14 @@ class Grid:
         return spec_of(self.recipe, config, record_every=self.log_every,
                        eval_every=self.options.eval_every, data=self.train_images)
 
+    def depth_runs(self, base, depths):
+        """The Run of every depth and seed of the grid, depth by depth."""
+        return [Run(dict(depth=depth, seed=seed),
+                    run_folder(self.folder, dataclasses.replace(base, num_layers=depth), seed),
+                    dataclasses.replace(base, num_layers=depth),
+                    dataclasses.replace(self.recipe, seed=seed))
+                for depth in depths for seed in self.seeds]
+
     def label(self):
         return data_label(self.train_images, self.test_images, self.recipe.validation_split)
 
@@ -372,11 +380,7 @@ def table(grid, base, depths):
     """table: the test error of the final checkpoint of every depth and seed, beside the
     paper's; writes table.*."""
     grid.check_work_dir(grid.spec(base))
-    runs = [Run(dict(depth=depth, seed=seed),
-                run_folder(grid.folder, dataclasses.replace(base, num_layers=depth), seed),
-                dataclasses.replace(base, num_layers=depth),
-                dataclasses.replace(grid.recipe, seed=seed))
-            for depth in depths for seed in grid.seeds]
+    runs = grid.depth_runs(base, depths)
     rows = []
     for i, run in enumerate(runs, 1):
         points = grid.train(run, i, len(runs))
@@ -524,11 +528,7 @@ def calibration(grid, base, depths):
                         'the best checkpoint and fit the temperature; add --validation_split=N',
                         settings=('validation_split',))
     grid.check_work_dir(grid.spec(base))
-    runs = [Run(dict(depth=depth, seed=seed),
-                run_folder(grid.folder, dataclasses.replace(base, num_layers=depth), seed),
-                dataclasses.replace(base, num_layers=depth),
-                dataclasses.replace(grid.recipe, seed=seed))
-            for depth in depths for seed in grid.seeds]
+    runs = grid.depth_runs(base, depths)
     rows = []
     for i, run in enumerate(runs, 1):
         grid.train(run, i, len(runs))
