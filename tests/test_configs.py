@@ -25,6 +25,8 @@ EXPECTED = {
     'wrn_16_8.flags': ('WRN-16-8', dict(nesterov=True)),
     'figure6.flags': ('ResNet-110 v1', dict(num_iterations=3200, warmup_iterations=400,
                                             warmup='linear', deterministic=True)),
+    'calibration.flags': ('ResNet-110', dict(num_iterations=1600, validation_split=500,
+                                             deterministic=True)),
 }
 
 

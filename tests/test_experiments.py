@@ -206,7 +206,7 @@ def test_figures_refuse_a_csv_that_is_not_figure6_points(tmp_path):
 
 
 @pytest.mark.parametrize('args, message', [
-    ([], 'expected one command, figure6 or table or switches or architecture'),
+    ([], 'expected one command, figure6 or table or switches or calibration or architecture'),
     (['figure6'], '--data_path: give the folder of the CIFAR-10 binary files'),
     (['figure6', '--data_path=/nonexistent/x'], '--data_path=/nonexistent/x: no such folder'),
     (['figure6', '--data_path={data}', '--depths=21'], '--depths=21: num_layers=21: the depth '
