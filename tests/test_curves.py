@@ -35,6 +35,7 @@ def test_every_window_and_evaluation_is_a_row_of_the_runs_csv(validated):
     assert rows[1]['loss'] == '' and float(rows[0]['loss']) > 0
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_its_csv_and_its_best_checkpoint(session_data, tmp_path):
     """Rows after the checkpoint resumed from are dropped and written again; the best
     checkpoint's record survives, and a kept accuracy no evaluation can beat stays kept."""

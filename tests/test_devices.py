@@ -231,6 +231,7 @@ def test_the_gpu_tier_is_what_the_mark_expression_selects(expression, selected):
     assert gpu_tier(Config) is selected
 
 
+@pytest.mark.slow
 def test_the_device_path_with_xla_and_several_steps_a_call_trains_as_the_host_path(
         session_data, tmp_path):
     """The GPU's way on one CPU: uint8 batches prepared inside an XLA-compiled step, two

@@ -42,7 +42,7 @@ def _killed_at(step):
     return on_step
 
 
-@pytest.mark.parametrize('steps_per_call', [1, 2])
+@pytest.mark.parametrize('steps_per_call', [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_an_interrupted_run_resumes_to_the_same_weights_bit_for_bit(session_data, tmp_path,
                                                                      steps_per_call):
     recipe = tiny_recipe(num_iterations=8, deterministic=True)
