@@ -217,7 +217,9 @@ def test_multi_worker_trains_in_sync_and_the_chief_alone_writes(data_path, tmp_p
     assert sorted(os.listdir(ckpt)) == ['checkpoint', 'ckpt-3.data-00000-of-00001',
                                         'ckpt-3.index', 'ckpt-6.data-00000-of-00001',
                                         'ckpt-6.index', 'logs']
-    assert os.listdir(ckpt / 'logs') == ['train']
+    logs = sorted(os.listdir(ckpt / 'logs'))           # the chief's: its scalars, its CSV
+    assert logs[1:] == ['metrics.csv', 'train'] and logs[0].startswith('events.out')  # + HParams
+    assert len((ckpt / 'logs' / 'metrics.csv').read_text().splitlines()) == 1 + 2   # 2 windows
     assert os.listdir(tmp_path / 'tmp1') == []          # worker 1's copies were removed
     # Two workers with one replica each and pooled statistics: one device's weights.
     train(data_path, tmp_path / 'single', 6)
