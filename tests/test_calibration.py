@@ -79,7 +79,9 @@ def test_a_net_right_on_every_image_is_fitted_to_the_lowest_temperature():
     """With every validation image right, the NLL falls as T -> 0: the fit stops at its
     bound, 1e-3, rather than run away."""
     logits = np.array([[2.0, 0.0], [0.0, 1.0]])
-    assert calibration.fit_temperature(logits, [0, 1]) == pytest.approx(1e-3)
+    t = calibration.fit_temperature(logits, [0, 1])
+    assert t == pytest.approx(1e-3) and calibration.at_bound(t)
+    assert not calibration.at_bound(calibration.fit_temperature(logits, [0, 0]))
 
 
 class Lookup(tf.Module):

@@ -21,6 +21,7 @@ import dataclasses
 import numpy as np
 
 BINS = 15
+LOWEST, HIGHEST = 1e-3, 1e3        # the temperatures fit_temperature searches between
 
 
 def softmax(logits):
@@ -73,13 +74,19 @@ class Calibration:
         return dict(dataclasses.asdict(self), bins=len(self.bin_count))
 
 
+def at_bound(temperature):
+    """Whether a fitted temperature is one of the search's bounds (the fit went beyond it)."""
+    return not LOWEST * 1.001 < temperature < HIGHEST / 1.001
+
+
 def fit_temperature(logits, labels):
     """The temperature T minimising the NLL of softmax(logits / T) on these images.
 
     The NLL is convex in 1/T (the log-sum-exp of logits linear in 1/T, less a linear
     term), so its derivative in 1/T, mean(E_p[z] - z_label), rises through zero once:
     bisection on its sign, in log space over 1/T in [1e-3, 1e3], finds the minimum to
-    within float64 precision. Returns the bound where the minimum lies beyond it.
+    within float64 precision. Returns the bound where the minimum lies beyond it: a net
+    right on every image wants T -> 0, one no better than chance T -> infinity.
     """
     z = np.asarray(logits, np.float64)
     labels = np.asarray(labels, np.int64)
@@ -88,7 +95,7 @@ def fit_temperature(logits, labels):
     def slope(beta):
         return float(np.mean(np.sum(softmax(beta * z) * z, axis=1) - z_label))
 
-    low, high = np.log(1e-3), np.log(1e3)
+    low, high = np.log(1 / HIGHEST), np.log(1 / LOWEST)
     if slope(np.exp(low)) >= 0:
         return float(np.exp(-low))
     if slope(np.exp(high)) <= 0:

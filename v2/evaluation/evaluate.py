@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from v2.data import cifar, pipeline
 from v2.errors import UserError
-from v2.evaluation.calibration import Calibration, fit_temperature
+from v2.evaluation.calibration import Calibration, at_bound, fit_temperature
 from v2.nets.model import build
 from v2.runtime import checkpoint
 from v2.runtime import devices as devices_lib
@@ -315,9 +315,10 @@ def report(results, config, class_names, how=''):
                                                      'ECE before/after', 'Brier before/after'))
         for r in results:
             c, t = r.metrics.calibration, r.scaled
-            lines.append('%4s %8s %12.3f %7.4f/%-8.4f %8.2f%%/%-8s %7.4f/%-8.4f'
+            lines.append('%4s %8s %12.3f %7.4f/%-8.4f %8.2f%%/%-8s %7.4f/%-8.4f%s'
                          % (r.which, r.step, t.temperature, c.nll, t.nll, 100 * c.ece,
-                            '%.2f%%' % (100 * t.ece), c.brier, t.brier))
+                            '%.2f%%' % (100 * t.ece), c.brier, t.brier,
+                            '  (the search\'s bound)' if at_bound(t.temperature) else ''))
     shown = next((r for r in results if r.which == 'last'), results[-1])
     last = shown.metrics
     lines.append('per class (%s):   precision   recall (= accuracy)'
