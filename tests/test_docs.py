@@ -29,6 +29,7 @@ def test_no_placeholder_is_left(page):
     ('docs/reproduction.md', 'files/figure6.md'),
     ('docs/reproduction.md', 'files/switches.md'),
     ('docs/reproduction.md', 'files/figure6_reference.md'),
+    ('docs/reproduction.md', 'files/calibration.md'),
 ])
 def test_the_results_tables_are_the_ones_the_experiments_wrote(page, written):
     rows = [line for line in (ROOT / written).read_text().splitlines() if line.startswith('|')]
