@@ -138,3 +138,7 @@ def test_the_trainer_and_the_evaluator_take_the_converted_folder(images, tmp_pat
     assert 'on 6 test images' in report and '  zebra' in report and 'airplane' not in report
     status, line = evaluate_in_process('--ckpt_path=%s' % (tmp_path / 'c'))
     assert status == 1 and 'needs the folder they were converted into' in line
+    (data / 'data_batch_3.bin').unlink()
+    status, line = train_in_process('--data_path=%s' % data, '--ckpt_path=%s' % (tmp_path / 'c'),
+                                    '--num_layers=8', '--download')
+    assert status == 1 and 'holds your own images (its batches.meta.txt), which cannot be' in line

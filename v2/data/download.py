@@ -121,6 +121,11 @@ def download(dataset, data_path, url=None, md5=None, out=print):
         out('download: %s already holds %s; nothing to download'
             % (data_path, spec.archive or 'its files'))
         return
+    if spec.name == cifar.OWN:
+        raise UserError('data_path=%s holds your own images (its %s), which cannot be '
+                        'downloaded, and lacks some of %s; convert them again'
+                        % (data_path, cifar.LABEL_NAMES, ', '.join(names)),
+                        settings=('data_path', 'download'))
     default_url, default_md5 = SOURCES['cifar100' if dataset.startswith('cifar100') else dataset]
     url, md5 = url or default_url, md5 or default_md5
     if os.path.exists(data_path) and not os.path.isdir(data_path):
