@@ -13,6 +13,7 @@ import os
 
 from v2.cli import app, flags
 from v2.errors import UserError
+from v2.evaluation import evaluate
 from v2.tools import figures
 from v2.training import record
 
@@ -50,9 +51,7 @@ def draw(paths, png, title=None):
         runs[label] = record.read(csv_path)
         if not runs[label]:
             raise UserError('%s: no rows yet' % csv_path)
-    folder = os.path.dirname(os.path.abspath(png))
-    if not os.path.isdir(folder):
-        raise UserError('png=%s: the folder %s does not exist' % (png, folder), settings=('png',))
+    evaluate.check_writable(png, 'png')
     plt = figures.pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for colour, (label, rows) in zip(COLOURS * len(runs), runs.items()):

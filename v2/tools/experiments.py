@@ -39,7 +39,6 @@ architecture: architecture.json, the ResNet-20 we build, read from the model
 
 import csv
 import dataclasses
-import functools
 import json
 import os
 import statistics
@@ -247,10 +246,16 @@ def mean_std(values):
     return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def percent(values):
-    """'mean ± std' in percent; one run has no spread to show."""
+def number(values, digits=3):
+    """'mean ± std' of the values; one run has no spread to show."""
     mean, std = mean_std(values)
-    return '%.2f ± %.2f' % (100 * mean, 100 * std) if len(values) > 1 else '%.2f' % (100 * mean)
+    return ('%.*f ± %.*f' % (digits, mean, digits, std) if len(values) > 1
+            else '%.*f' % (digits, mean))
+
+
+def percent(values):
+    """'mean ± std' in percent of fractions."""
+    return number([100 * v for v in values], 2)
 
 
 # --- figure6 -------------------------------------------------------------------------------
@@ -501,13 +506,6 @@ CALIBRATION_FIELDS = ('network', 'depth', 'seed', 'last_step', 'last_error', 'be
                       'nll', 'nll_scaled', 'brier', 'brier_scaled')
 
 
-def number(columns, field, digits=3):
-    """'mean ± std' of a column of plain numbers (one run: the number)."""
-    mean, std = mean_std(columns[field])
-    return ('%.*f ± %.*f' % (digits, mean, digits, std) if len(columns[field]) > 1
-            else '%.*f' % (digits, mean))
-
-
 def calibration_row(run, results):
     """One run's figures from its evaluated last and best checkpoints."""
     last = next(r for r in results if r.which == 'last')
@@ -550,12 +548,11 @@ def calibration(grid, base, depths):
         entries.append(dict(network=mine[0]['network'], depth=depth, runs=len(mine),
                             **{f: dict(zip(('mean', 'std'), mean_std(v)), per_seed=v)
                                for f, v in column.items()}))
-        plain = functools.partial(number, column)
         lines.append('| %s | %s | %s | %s | %s | %s → %s | %s → %s | %s → %s |' % (
             mine[0]['network'], percent(column['last_error']), percent(column['best_error']),
-            '/'.join(str(s) for s in column['best_step']), plain('temperature', 2),
-            percent(column['ece']), percent(column['ece_scaled']), plain('nll'),
-            plain('nll_scaled'), plain('brier'), plain('brier_scaled')))
+            '/'.join(str(s) for s in column['best_step']), number(column['temperature'], 2),
+            percent(column['ece']), percent(column['ece_scaled']), number(column['nll']),
+            number(column['nll_scaled']), number(column['brier']), number(column['brier_scaled'])))
     return write_results(grid.out, 'calibration', rows, list(CALIBRATION_FIELDS),
                          dict(recipe=json.loads(grid.recipe.to_json()), seeds=grid.seeds,
                               data=grid.label(), results=entries), '\n'.join(lines) + '\n')
