@@ -48,7 +48,7 @@ from v2.tools import gpu_page
 FLAGS = flags.FLAGS
 FINISH_S = 3.0                     # kept back from the deadline to finish the page
 PRIOR_SAVE_S = 5.0                 # a save's cost before one is measured
-GPU_TIER_PROCESSES = (18, 12)      # programs the GPU tier starts: all of it, and short
+GPU_TIER_PROCESSES = (18, 10)      # programs tests/test_gpu.py starts: all, and its short run
 CUDA_CACHE_BYTES = str(4 << 30)    # room in CUDA's cache for every kernel compiled from PTX
 
 
