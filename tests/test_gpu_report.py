@@ -93,6 +93,9 @@ def test_the_flops_check_flags_an_impossible_rate_and_a_tiny_one():
 def test_a_card_without_machine_code_in_the_wheel_is_warned_about():
     built = ['sm_60', 'sm_70', 'sm_80', 'sm_89', 'compute_90']
     assert gpu_page.compile_warnings((8, 0), built, '12.5.1', '550.54.15') == []
+    assert gpu_page.compile_warnings((8, 6), built, '12.5.1', '550.54.15') == []   # sm_80's code
+    assert gpu_page.compile_warnings((7, 5), built, '12.5.1', '550.54.15') == []   # T4: sm_70's
+    assert len(gpu_page.compile_warnings((12, 0), built, '12.5.1', '570.86')) == 1
     lines = gpu_page.compile_warnings((9, 0), built, '12.5.1', '560.35.03')
     assert len(lines) == 1 and 'no machine code for sm_90' in lines[0]
     old = gpu_page.compile_warnings((9, 0), built, '12.5.1', '550.54.15')

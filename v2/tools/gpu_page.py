@@ -75,9 +75,13 @@ def compile_warnings(compute_capability, built_for, cuda_version, driver):
     """
     if not compute_capability:
         return []
-    sm = 'sm_%d%d' % tuple(compute_capability[:2])
-    if sm in (built_for or []):
-        return []
+    major, minor = compute_capability[:2]
+    sm = 'sm_%d%d' % (major, minor)
+    # Machine code runs on the cards of its major version and an equal or later minor one.
+    for code in built_for or []:
+        found = re.fullmatch(r'sm_(\d+)(\d)', code)
+        if found and int(found.group(1)) == major and int(found.group(2)) <= minor:
+            return []
     lines = ['warning: the wheel has no machine code for %s (it carries %s): the driver '
              'compiles TensorFlow\'s own kernels from PTX at first use (up to 30 minutes, '
              'TensorFlow warns; the CUDA cache keeps them for later runs), so the cold start '

@@ -43,13 +43,13 @@ import time
 
 from v2.cli import app, flags
 from v2.errors import UserError
+from v2.runtime import devices
 from v2.tools import gpu_page
 
 FLAGS = flags.FLAGS
 FINISH_S = 3.0                     # kept back from the deadline to finish the page
 PRIOR_SAVE_S = 5.0                 # a save's cost before one is measured
 GPU_TIER_PROCESSES = (18, 10)      # programs tests/test_gpu.py starts: all, and its short run
-CUDA_CACHE_BYTES = str(4 << 30)    # room in CUDA's cache for every kernel compiled from PTX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -514,9 +514,9 @@ def main(argv):
                         'where the page goes with --out=FOLDER', settings=('out',))
     if not os.path.isdir(out_folder):
         raise UserError('out=%s: no such folder' % out_folder, settings=('out',))
+    devices.keep_compiled_kernels()                 # before CUDA starts, here and in workers
     gpus = tf.config.list_physical_devices('GPU')
     if not gpus and not rehearsal:
-        from v2.runtime import devices
         raise UserError('TensorFlow sees no GPU here; gpu_report measures one (%s); '
                         '--rehearse runs its plan on the CPU' % devices.GPU_INSTALL)
     build = dict(tf.sysconfig.get_build_info(), version=tf.__version__)
@@ -531,7 +531,6 @@ def main(argv):
     sizes = dataclasses.replace(sizes, timing=tuple(timing))
     header, driver = machine_lines(build, rehearsal)
     if rehearsal:
-        from v2.runtime import devices
         header.insert(0, 'rehearsal on the CPU: %s' % devices.cpu_info()[0])
         name, slug = 'Rehearsal of the GPU report on the CPU', 'rehearsal'
     else:
@@ -540,7 +539,6 @@ def main(argv):
         slug = re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')
         name = 'GPU report: %s' % name
     env = dict(os.environ)
-    env.setdefault('CUDA_CACHE_MAXSIZE', CUDA_CACHE_BYTES)
     env['PYTHONPATH'] = os.pathsep.join(
         [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
         + [p for p in [env.get('PYTHONPATH')] if p])
