@@ -192,6 +192,9 @@ def markdown(report) -> str:
     lines += table(['network', 'computed', 'XLA', 'steps/call', 'img/s', 'min-max', 'TFLOP/s',
                     'of peak', 'GPU peak MiB', 'nvidia-smi util, memory', 'checks'],
                    [row_cells(p, name) for p in ran], right=(3, 4, 5, 6, 7, 8))
+    if ran and ran[0].result.get('first_line'):
+        lines += ['', 'The trainer\'s own first line in the %s row: `%s`' % (
+            ran[0].title, ran[0].result['first_line'].replace('`', "'"))]
     lines += ['', 'TFLOP/s counts 6 FLOPs per multiply-add of the forward pass (x2 per '
               'multiply-add, x3 for forward and backward); the peak is the card\'s dense peak '
               'for the computed precision from NVIDIA\'s data sheet (`-` where the card is not '
@@ -221,8 +224,9 @@ def markdown(report) -> str:
                      '%s' % (_net(p), p.result['computed'], 'on' if p.result['xla'] else 'off',
                              _calls(p.args['steps_per_call']), p.args['timing'][2],
                              '%.0f%% of the window (kernel time over wall time)' % (100 * busy)
-                             if busy is not None else 'not measured (no GPU kernels in the '
-                             'profiler trace)'))
+                             if busy is not None else 'not measured (%s)' % (
+                                 p.result.get('profile_error')
+                                 or 'no GPU kernels in the profiler trace')))
     if not profiled:
         lines.append('Not measured.')
     lines += ['', '## The paper\'s ResNet-110 run', '']
@@ -233,7 +237,8 @@ def markdown(report) -> str:
         lines.append('`python -m pytest -m gpu`%s: %s' % (
             ' (its slowest tests skipped: %s)' % tier.result['short'] if tier.result['short']
             else '', tier.result['closing']))
-        lines += [''] + ['- %s' % line for line in tier.result['failures']]
+        if tier.result['failures']:
+            lines += [''] + ['- %s' % line for line in tier.result['failures']]
     else:
         lines.append('Not run: %s.' % (tier.why or tier.status if tier else 'not planned'))
     lines += ['', '## Every part', '']

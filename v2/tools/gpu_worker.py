@@ -77,13 +77,10 @@ class Measure:
             rates = benchmark.time_in_memory_step(config, recipe, options, dtype,
                                                   benchmark.Timing(0, 2, 1), xla, self.used)
             steps['xla' if xla else 'plain'] = [batch / rate for rate in rates]
-        details = {}
-        if self._gpu():
-            gpu = tf.config.list_physical_devices('GPU')[0]
-            details = tf.config.experimental.get_device_details(gpu)
+        capability = self.used[0].compute_capability
         return {'devices': [str(d) for d in self.used], 'name': self.used[0].description,
                 'kind': self.used[0].kind,
-                'compute_capability': list(details.get('compute_capability') or []) or None,
+                'compute_capability': list(capability) if capability else None,
                 'first_op_s': first_op, 'plain_steps_s': steps['plain'],
                 'xla_steps_s': steps['xla'], 'computed': dtype.name,
                 'tf32': bool(self._gpu()
@@ -113,21 +110,24 @@ class Measure:
                              tf32=tf.config.experimental.tensor_float_32_execution_enabled())
         tf32 = options.tf32 and bool(self._gpu())         # TF32 is a GPU's
         logdir = os.path.join(folder, name + '-profile')
-        rates, lines = [], []
+        rates, lines, problems = [], [], []
 
         def on_record(step, split, means):
             if split != 'train':
                 return
             rates.append(means['images_per_second'])
-            if profile and len(rates) == plan.warmup_windows + plan.windows:
-                tf.profiler.experimental.start(logdir)      # after this window's host read
-            elif profile and len(rates) == plan.warmup_windows + plan.windows + 1:
-                tf.profiler.experimental.stop()             # after the profiled window's read
+            try:                       # a profiler that cannot start costs the busy share only
+                if profile and len(rates) == plan.warmup_windows + plan.windows:
+                    tf.profiler.experimental.start(logdir)  # after this window's host read
+                elif profile and len(rates) == plan.warmup_windows + plan.windows + 1:
+                    tf.profiler.experimental.stop()         # after the profiled window's read
+            except Exception as e:     # noqa: BLE001
+                problems.append(one_line(e))
         self._reset_peak()
         loop.train(config, recipe, options, data_path, out=lines.append, on_record=on_record)
         timed = plan.timed(rates)
         busy = None
-        if profile:
+        if profile and not problems:
             from v2.tools import gpu_trace
             space = gpu_trace.read_trace(logdir)
             busy = gpu_trace.busy_share(space) if space is not None else None
@@ -135,7 +135,7 @@ class Measure:
                 'tf32': tf32, 'peak_mib': self._peak_mib(),
                 'train_flops': 6 * model.multiply_adds(model.build(config)),
                 'first_line': lines[0] if lines else '', 'busy': busy,
-                'profiled': bool(profile)}
+                'profiled': bool(profile), 'profile_error': problems[0] if problems else ''}
 
     def keras(self, *, depth, precision, timing, batch, data_path):
         """Images/second of a Keras 3 model.fit of the same net (benchmark.time_keras)."""
