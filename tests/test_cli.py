@@ -4,6 +4,7 @@ and as subprocesses for exit statuses, signals and kills (slow)."""
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -360,3 +361,80 @@ def test_corrupt_checkpoint_is_refused_in_one_line(trained, session_data, tmp_pa
     assert run.returncode == 1 and 'Traceback' not in run.stderr
     lines = error_lines(run.stderr)
     assert len(lines) == 1 and 'ckpt-6' in lines[0], run.stderr
+
+
+# --- help: each program's own flags ----------------------------------------------------------
+
+def _programs():
+    from v2.cli import convert
+    from v2.tools import benchmark, catalog, curves, experiments, figures, gpu_report, step_variants
+    # (program, its main, its own flags, flags its --help must show: what the docs name)
+    return {
+        'run_trainer.py': (trainer.main, flags.TRAINER,
+                           ['num_layers', 'data_path', 'ckpt_path', 'precision', 'batch_size',
+                            'devices', 'dry_run']),
+        'run_evaluator.py': (evaluator.main, flags.EVALUATOR,
+                             ['ckpt_path', 'data_path', 'export_dir', 'tflite', 'tta']),
+        'convert.py': (convert.main, flags.CONVERT, ['image_folder', 'data_path']),
+        'benchmark.py': (benchmark.main, flags.BENCHMARK,
+                         ['num_layers', 'precision', 'windows', 'keras']),
+        'step_variants.py': (step_variants.main, flags.STEP_VARIANTS, ['variants', 'rounds']),
+        'experiments.py': (experiments.main, flags.EXPERIMENTS,
+                           ['depths', 'seeds', 'out', 'work_dir', 'num_layers']),
+        'figures.py': (figures.main, flags.FIGURES, ['out']),
+        'curves.py': (curves.main, flags.CURVES, ['png', 'title']),
+        'gpu_report.py': (gpu_report.main, flags.GPU_REPORT, ['budget_minutes', 'out']),
+        'catalog.py': (catalog.main, flags.CATALOG, []),
+    }
+
+
+def _listed(text):
+    """The flags a help text lists: '  --name: ...', '  --[no]name: ...', '  -v,--name: ...'."""
+    return {m.group(1) for m in re.finditer(r'^  (?:-\w,)?--(?:\[no\])?(\w+):', text,
+                                            re.MULTILINE)}
+
+
+@pytest.mark.parametrize('program', sorted(_programs()))
+def test_help_lists_the_programs_own_flags_grouped_and_no_other(program, capsys):
+    main, own, shown = _programs()[program]
+    status, line = app.call(main, [program, '--help'], own)
+    text = capsys.readouterr().out
+    assert status == 0 and line == ''
+    listed = _listed(text)
+    assert set(shown) <= listed, text
+    assert listed == set(own)                       # the rest of ALL are other programs'
+    assert '--flagfile' in text and '--helpfull' in text
+    assert app.call(main, [program, '--helpshort'], own)[0] == 0
+    assert _listed(capsys.readouterr().out) == listed
+
+
+def test_the_trainers_help_is_in_the_groups_a_user_looks_for(capsys):
+    app.call(trainer.main, ['run_trainer.py', '--help'], flags.TRAINER)
+    text = capsys.readouterr().out
+    titles = re.findall(r'^(\S[^\n]*):$', text, re.MULTILINE)
+    assert titles == ['flags', 'data and network', 'recipe (stored in every checkpoint)',
+                      'run and devices', 'output']
+    group = text.split('\nrun and devices:\n')[1].split('\noutput:\n')
+    assert '--precision' in group[0] and '--devices' in group[0] and '--ckpt_path' in group[1]
+
+
+def test_helpfull_adds_absls_flags_only(capsys):
+    status, _ = app.call(evaluator.main, ['run_evaluator.py', '--helpfull'], flags.EVALUATOR)
+    text = capsys.readouterr().out
+    listed = _listed(text)
+    assert status == 0 and {'verbosity', 'flagfile', 'only_check_args'} <= listed
+    assert set(flags.EVALUATOR) <= listed
+    assert not listed & (set(flags.ALL) - set(flags.EVALUATOR))   # e.g. --num_iterations
+
+
+def test_a_foreign_flag_points_at_help():
+    from v2.tools import curves
+    status, line = app.call(curves.main, ['curves.py', '--num_iterations=3', 'run'],
+                            flags.CURVES)
+    assert (status, line) == (2, 'curves.py: error: --num_iterations is not a flag of curves.py '
+                                 '(see --help)')
+
+
+def test_every_flag_has_one_help_group():
+    grouped = [name for _, names in flags.HELP_GROUPS for name in names]
+    assert sorted(grouped) == sorted(flags.ALL)
