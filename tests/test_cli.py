@@ -18,7 +18,7 @@ from conftest import ROOT, all_tensors, error_lines, run_script
 
 from v2.cli import app, evaluator, flags, trainer
 from v2.nets import model
-from v2.runtime import checkpoint
+from v2.runtime import checkpoint, devices
 
 TINY_RUN = ['--num_layers=8', '--batch_size=8', '--log_per_iterations=2',
             '--lr_boundaries=3', '--lr_values=0.05,0.005']
@@ -203,7 +203,10 @@ def test_train_then_evaluate_in_process(session_data, tmp_path, capsys):
     progress = [line for line in out.splitlines() if line.startswith('step 4/4')]
     assert progress and all(word in progress[0]
                             for word in ('loss', 'accuracy', 'lr', 'img/s', 'left'))
-    assert 'one device: CPU' in out.splitlines()[0]
+    first = out.splitlines()[0]          # ResNet-8's parameters, counted by hand: 75,290
+    assert first.startswith('ResNet-8: 75,290 trainable parameters; 80 training images in %s, '
+                            'batch 8; one device: CPU' % session_data)
+    assert first.endswith('; float32, XLA off, batches prepared on the host; starting at step 0')
     status, line = train_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % ckpt,
                                     '--num_iterations=4', *TINY_RUN)
     assert status == 0 and 'nothing to train' in capsys.readouterr().out
@@ -232,6 +235,67 @@ def test_dry_run_prints_the_architecture_and_writes_nothing(session_data, tmp_pa
     out = capsys.readouterr().out
     assert 'WRN-28-10, 10 classes, option B shortcuts' in out
     assert 'trainable parameters: 36,479,194' in out
+
+
+def test_a_dry_run_says_first_what_would_run(session_data, tmp_path, capsys):
+    status, line = train_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % (
+        tmp_path / 'dry'), *TINY_RUN, '--dry_run')
+    assert status == 0, line
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith('ResNet-8: 75,290 trainable parameters; 80 training images in ')
+    assert first.endswith('; one device: %s; float32, XLA off, batches prepared on the host; '
+                          'dry run: would start at step 0' % devices.describe([])[0])
+    status, line = train_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % (
+        tmp_path / 'dry'), *TINY_RUN, '--dry_run', '--prepare_batches=device',
+        '--jit_compile')
+    assert status == 0, line
+    assert 'float32, XLA on, batches prepared on the device' in capsys.readouterr().out
+
+
+def test_a_dry_run_of_a_resume_names_the_checkpoint(trained, session_data, capsys):
+    status, line = train_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % (
+        trained / 'ckpt'), *TINY_RUN, '--dry_run')
+    assert status == 0, line
+    assert capsys.readouterr().out.splitlines()[0].endswith(
+        'dry run: would resume at step 6 from %s' % (trained / 'ckpt' / 'ckpt-6'))
+    status, line = train_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % (
+        trained / 'ckpt'), *TINY_RUN[1:], '--num_layers=20', '--dry_run')
+    assert status == 1 and 'but ResNet-20 (num_layers=20) was asked for' in line
+
+
+# A dry run refuses, in one line, what a real run refuses before its first step.
+DRY_RUN_REFUSALS = {
+    'a device name TensorFlow does not print': (
+        ['--devices=cuda:0'], '--devices=cuda:0: not a device name'),
+    'two GPUs on a machine without one': (
+        ['--devices=/gpu:0,/gpu:1', '--distribution_strategy=mirrored'],
+        '--devices=/gpu:0,/gpu:1: no device /gpu:0 here: TensorFlow sees no GPU'),
+    'two devices without mirrored': (
+        ['--devices=/cpu:0,/cpu:1'], 'one device without --distribution_strategy=mirrored'),
+    'a batch that does not divide by the replicas': (
+        ['--distribution_strategy=mirrored', '--cpu_devices=2', '--batch_size=7'],
+        '--batch_size=7 does not divide by the 2 replicas'),
+    'XLA with pooled statistics over replicas': (
+        ['--distribution_strategy=mirrored', '--cpu_devices=2', '--sync_batch_norm',
+         '--jit_compile'], '--jit_compile with --sync_batch_norm over 2 replicas'),
+    'batches on the host of a mirrored run': (
+        ['--distribution_strategy=mirrored', '--cpu_devices=2', '--prepare_batches=host'],
+        '--prepare_batches=host: only one-device runs'),
+    'a checkpoint folder that is a file': (
+        ['--ckpt_path={data}/test_batch.bin'], 'test_batch.bin is a file; it must be a folder'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(DRY_RUN_REFUSALS))
+def test_a_dry_run_refuses_what_a_real_run_refuses(session_data, tmp_path, case):
+    extra, message = DRY_RUN_REFUSALS[case]
+    extra = [e.format(data=session_data) for e in extra]
+    before = snapshot(session_data)
+    for dry in (['--dry_run'], []):
+        status, line = train_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % (
+            tmp_path / 'ckpt'), *TINY_RUN, *extra, *dry)
+        assert status == 1 and message in line, (dry, line)
+    assert not (tmp_path / 'ckpt').exists() and snapshot(session_data) == before
 
 
 def test_importing_the_library_changes_nothing_and_defines_no_flag():
