@@ -7,6 +7,7 @@ import importlib
 import re
 import shlex
 import subprocess
+import sys
 
 import pytest
 import tomllib
@@ -204,3 +205,24 @@ def test_the_usage_page_names_every_flag_of_the_two_programs():
     section = (ROOT / 'docs' / 'usage.md').read_text().split('## Flags')[1]
     named = set(re.findall(r'`--(\w+)', section))
     assert set(flags.TRAINER) | set(flags.EVALUATOR) <= named
+
+
+def _first_command_of_each_program():
+    seen = {}
+    for where, command, _, _ in COMMANDS:
+        key, _ = _program(shlex.split(command))
+        if key and key not in seen and '--help' not in command:
+            seen[key] = (where, command)
+    return sorted(seen.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('where, command', _first_command_of_each_program(),
+                         ids=[w for w, _ in _first_command_of_each_program()])
+def test_the_first_command_of_each_program_passes_absls_only_check_args(where, command):
+    words = [w for w in shlex.split(command) if not re.match(r'^[A-Z_]+=', w)]
+    if words[0] in CONSOLE:                           # may not be installed: its entry point
+        words = ['python', '-c', 'import %s as m; m.run()' % CONSOLE[words[0]], *words[1:]]
+    run = subprocess.run([sys.executable, *words[1:], '--only_check_args'], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
