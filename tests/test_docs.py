@@ -4,6 +4,7 @@ experiments wrote them, and carry no unfinished text."""
 import ast
 import glob
 import importlib
+import importlib.util
 import re
 import shlex
 import subprocess
@@ -63,6 +64,8 @@ PROGRAMS = {
 }
 CONSOLE = {name: target.split(':')[0] for name, target in
            tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['scripts'].items()}
+# Processes our programs start, not users: their module must exist.
+INTERNAL = ('v2.tools.gpu_worker',)
 # Commands that are not ours, checked only for the files they name.
 OTHERS = ('pip', 'mkdir', 'head', 'tar', 'tensorboard', 'saved_model_cli', 'nvidia-smi',
           '.ci/run', 'for')
@@ -156,7 +159,9 @@ def test_every_command_in_the_docs_parses_and_names_files_that_exist(where, comm
     missing = [p for p in named if p.startswith(REPO_FOLDERS) and not glob.glob(p)]
     assert not missing, 'names files that do not exist: %s' % missing
     if key is None:
-        if words[:3] == ['python', '-m', 'pytest']:
+        if words[:2] == ['python', '-m'] and words[2] in INTERNAL:
+            assert importlib.util.find_spec(words[2])
+        elif words[:3] == ['python', '-m', 'pytest']:
             assert all((ROOT / w).exists() for w in words[3:] if w.startswith('tests/'))
         else:
             assert words[0] in OTHERS, 'a command of no known program: %s' % command

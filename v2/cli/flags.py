@@ -287,7 +287,7 @@ HELP_GROUPS = (
     ('evaluation', ('all_checkpoints', 'tta', 'averaged', 'temperature_scaling', 'images')),
     ('timing', ('warmup_steps', 'windows', 'window_steps', 'keras', 'keras_precision',
                 'conv_bound', 'rss_steps', 'variants', 'rounds', 'machine_readable',
-                'budget_minutes', 'gpu_tier')),
+                'budget_minutes', 'rehearse')),
     ('the grid of runs', ('depths', 'seeds', 'networks', 'reference', 'switches')),
     ('output', ('ckpt_path', 'log_path', 'output_json', 'reliability_png', 'export_dir', 'tflite',
                 'out', 'work_dir', 'plot', 'png', 'title')),
