@@ -1,7 +1,8 @@
 """Every flag of every command, defined once, and the configs they make.
 
 Each program lists the flags that are its own (TRAINER, EVALUATOR, BENCHMARK,
-EXPERIMENTS, FIGURES); app.parse refuses the others in one line. All of them can
+EXPERIMENTS, FIGURES, ...); app.parse refuses the others in one line, and --help lists
+them in HELP_GROUPS. All of them can
 be loaded in one process, so the tests run the programs side by side.
 `model_config`, `recipe` and `run_options` turn the parsed flags into the library's
 ModelConfig, Recipe and RunOptions.
@@ -268,8 +269,29 @@ GPU_REPORT = ('data_path', 'devices', 'tf32', 'out', 'warmup_steps', 'windows', 
 FIGURES = ('out',)
 CURVES = ('png', 'title')
 CONVERT = ('image_folder', 'data_path', 'test_fraction')
+CATALOG = ()
 ALL = tuple(dict.fromkeys(TRAINER + EVALUATOR + BENCHMARK + STEP_VARIANTS + EXPERIMENTS
                           + FIGURES + GPU_REPORT + CURVES + CONVERT))
+
+# How --help groups a program's own flags, as a user thinks of them; every flag is in one group.
+HELP_GROUPS = (
+    ('data and network', ('data_path', 'dataset', 'coarse_labels', 'download', 'download_url',
+                          'download_md5', 'image_folder', 'test_fraction', 'model', 'num_layers',
+                          'resnet_version', 'bottleneck', 'shortcut_type', 'shortcut_connections',
+                          'strided_padding', 'widen_factor', 'dropout_rate')),
+    ('recipe (stored in every checkpoint)', RECIPE),
+    ('run and devices', ('precision', 'devices', 'distribution_strategy', 'cpu_devices',
+                         'jit_compile', 'prepare_batches', 'tf32', 'steps_per_call',
+                         'eval_batch_size', 'worker_timeout', 'log_per_iterations', 'save_every',
+                         'max_to_keep', 'eval_every', 'dry_run')),
+    ('evaluation', ('all_checkpoints', 'tta', 'averaged', 'temperature_scaling', 'images')),
+    ('timing', ('warmup_steps', 'windows', 'window_steps', 'keras', 'keras_precision',
+                'conv_bound', 'rss_steps', 'variants', 'rounds', 'machine_readable',
+                'budget_minutes', 'rehearse')),
+    ('the grid of runs', ('depths', 'seeds', 'networks', 'reference', 'switches')),
+    ('output', ('ckpt_path', 'log_path', 'output_json', 'reliability_png', 'export_dir', 'tflite',
+                'out', 'work_dir', 'plot', 'png', 'title')),
+)
 
 # Flags that do not apply to a family, refused when given explicitly.
 NOT_FOR = {
