@@ -90,10 +90,14 @@ def preact_bottleneck(x, unit):
     return conv(y, unit.conv3.kernel.numpy()), pre
 
 
+def log_softmax(logits):
+    logits = logits - logits.max(axis=1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+
 def softmax_cross_entropy(logits, labels, smoothing=0.0):
     """Per-example cross-entropy against (smoothed) one-hot targets."""
-    logits = logits - logits.max(axis=1, keepdims=True)
-    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    log_p = log_softmax(logits)
     k = logits.shape[1]
     targets = np.eye(k)[labels] * (1 - smoothing) + smoothing / k
     return -(targets * log_p).sum(axis=1)

@@ -214,7 +214,8 @@ def test_figures_refuse_a_csv_that_is_not_figure6_points(tmp_path):
     (['figure6', '--data_path={data}', '--networks=highway'], '--networks=highway: expected'),
     (['figure6', '--data_path={data}', '--depths=8'], 'figure6 plots the test error: give '
                                                        '--eval_every'),
-    (['switches', '--data_path={data}', '--switches=mixup'], '--switches=mixup: expected some of'),
+    (['switches', '--data_path={data}', '--switches=dropout'],
+     '--switches=dropout: expected some of'),
     (['table', '--data_path={data}', '--tta'], '--tta is not a flag of experiments.py'),
 ])
 def test_bad_commands_get_one_line_and_write_nothing(args, message, session_data, tmp_path):

@@ -42,10 +42,15 @@ def _killed_at(step):
     return on_step
 
 
-@pytest.mark.parametrize('steps_per_call', [1, pytest.param(2, marks=pytest.mark.slow)])
+MIXED = dict(mixup_alpha=1.0, cutmix_alpha=1.0, cutmix_prob=0.5)
+
+
+@pytest.mark.parametrize('steps_per_call, changes', [
+    (1, {}), pytest.param(2, {}, marks=pytest.mark.slow), (1, MIXED)])
 def test_an_interrupted_run_resumes_to_the_same_weights_bit_for_bit(session_data, tmp_path,
-                                                                     steps_per_call):
-    recipe = tiny_recipe(num_iterations=8, deterministic=True)
+                                                                     steps_per_call, changes):
+    """With mixup and CutMix too: a resumed run draws the same mixtures (seed, step)."""
+    recipe = tiny_recipe(num_iterations=8, deterministic=True, **changes)
     options = dict(log_per_iterations=2, save_every=2, steps_per_call=steps_per_call)
     straight = loop.train(TINY, recipe, tiny_options(tmp_path / 'a', **options),
                           str(session_data), out=quiet)
@@ -63,10 +68,11 @@ def test_an_interrupted_run_resumes_to_the_same_weights_bit_for_bit(session_data
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-@pytest.mark.parametrize('cutout', [0, 4])
+@pytest.mark.parametrize('changes', [{}, dict(cutout=4), dict(mixup_alpha=0.4),
+                                     dict(cutmix_alpha=1.0), MIXED])
 def test_batches_prepared_on_the_host_train_the_weights_the_device_path_does(session_data,
-                                                                             tmp_path, cutout):
-    recipe = tiny_recipe(num_iterations=4, deterministic=True, cutout=cutout)
+                                                                             tmp_path, changes):
+    recipe = tiny_recipe(num_iterations=4, deterministic=True, **changes)
     results = [loop.train(TINY, recipe, tiny_options(tmp_path / where, prepare_batches=where),
                           str(session_data), out=quiet).checkpoint
                for where in ('host', 'device')]
@@ -92,8 +98,8 @@ def test_a_one_cpu_run_prepares_its_batches_on_the_host(session_data, tmp_path, 
     seen = []
     prepare_where = inputs.training_batches
 
-    def spy(data, recipe, start, on_host, mean):
-        batches = prepare_where(data, recipe, start, on_host, mean)
+    def spy(data, recipe, start, on_host, mean, num_classes):
+        batches = prepare_where(data, recipe, start, on_host, mean, num_classes)
         seen.append((on_host, batches.element_spec[0].dtype))
         return batches
     monkeypatch.setattr(inputs, 'training_batches', spy)
@@ -161,7 +167,7 @@ def test_a_changed_recipe_is_said_in_one_line_and_a_changed_split_refused(traine
     lines = []
     loop.train(TINY, tiny_recipe(num_iterations=7, weight_decay=5e-4),
                tiny_options(trained_copy), str(session_data), out=lines.append)
-    notes = [line for line in lines if line.startswith('note:')]
+    notes = [line for line in lines if line.startswith('note:') and 'checkpoint' in line]
     assert len(notes) == 1 and 'weight_decay 0.0001 -> 0.0005' in notes[0]
     before = sorted(os.listdir(trained_copy / 'ckpt'))
     with pytest.raises(UserError, match='validation_split=8, but the run was started with 0'):

@@ -122,6 +122,16 @@ flags.DEFINE_float('label_smoothing', 0.0, 'Off by default (the papers). Train a
 flags.DEFINE_integer('cutout', 0, 'Off by default (the papers). Zero a random NxN square of '
                      'each training image (DeVries & Taylor 2017 used 16 for CIFAR-10).',
                      lower_bound=0, upper_bound=32)
+flags.DEFINE_float('mixup_alpha', 0.0, 'Off by default (the papers). mixup (Zhang et al. 2018): '
+                   'each batch blended with a shuffled copy of itself, lam ~ Beta(a, a), the '
+                   'labels blended alike; they used 1.0 for CIFAR-10.', lower_bound=0.0)
+flags.DEFINE_float('cutmix_alpha', 0.0, 'Off by default (the papers). CutMix (Yun et al. 2019): '
+                   'a box of a shuffled copy pasted into each image, its side from lam ~ Beta(a, '
+                   'a), the labels weighted by the box\'s area after clipping; they used 1.0.',
+                   lower_bound=0.0)
+flags.DEFINE_float('cutmix_prob', 1.0, 'The share of batches CutMix is applied to (Yun et al. '
+                   'used 0.5 on CIFAR); with --mixup_alpha too, the other batches are mixup.',
+                   lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_float('ema_decay', 0.0, 'Off by default (the papers). Keep a moving average of the '
                    'weights with this decay (e.g. 0.999); evaluations, the evaluator and exports '
                    'then use it.', lower_bound=0.0, upper_bound=0.9999)
@@ -239,7 +249,8 @@ flags.DEFINE_boolean('reference', False, 'figure6: train the same grid through a
                      'of the same net instead (v2.tools.keras_nets), as a check on ours.')
 flags.DEFINE_boolean('plot', True, 'Draw the PNGs after writing the CSV/JSON (needs matplotlib).')
 flags.DEFINE_list('switches', [], 'switches: the modern options to compare with the default '
-                  'recipe (label_smoothing, cosine, ema, cutout, tta; default: all).')
+                  'recipe (label_smoothing, cosine, ema, cutout, mixup, cutmix, zero_init, tta; '
+                  'default: all).')
 
 DATA_AND_NETWORK = ('data_path', 'dataset', 'coarse_labels', 'model', 'num_layers',
                     'resnet_version', 'bottleneck', 'shortcut_type', 'shortcut_connections',
@@ -248,7 +259,8 @@ DATA_AND_NETWORK = ('data_path', 'dataset', 'coarse_labels', 'model', 'num_layer
 RECIPE = ('batch_size', 'num_iterations', 'weight_decay', 'momentum', 'nesterov', 'lr_values',
           'lr_boundaries', 'lr_decay', 'warmup_iterations', 'warmup_lr', 'warmup', 'seed',
           'deterministic', 'nan_policy', 'sync_batch_norm', 'bn_momentum', 'zero_init_residual',
-          'validation_split', 'label_smoothing', 'cutout', 'ema_decay')
+          'validation_split', 'label_smoothing', 'cutout', 'ema_decay', 'mixup_alpha',
+          'cutmix_alpha', 'cutmix_prob')
 RUN = ('log_per_iterations', 'save_every', 'max_to_keep', 'eval_every', 'steps_per_call',
        'jit_compile', 'prepare_batches', 'tf32', 'distribution_strategy', 'devices', 'cpu_devices',
        'worker_timeout')
@@ -384,7 +396,8 @@ def recipe(**changes) -> recipe_lib.Recipe:
         nan_policy=FLAGS.nan_policy, sync_batch_norm=FLAGS.sync_batch_norm,
         bn_momentum=FLAGS.bn_momentum, zero_init_residual=FLAGS.zero_init_residual,
         validation_split=FLAGS.validation_split, label_smoothing=FLAGS.label_smoothing,
-        cutout=FLAGS.cutout, ema_decay=FLAGS.ema_decay)
+        cutout=FLAGS.cutout, ema_decay=FLAGS.ema_decay, mixup_alpha=FLAGS.mixup_alpha,
+        cutmix_alpha=FLAGS.cutmix_alpha, cutmix_prob=FLAGS.cutmix_prob)
     values.update(changes)
     return recipe_lib.Recipe(**values)
 

@@ -10,6 +10,8 @@ a run resumed at step k sees exactly the batches it would have seen without the
 interruption.
 """
 
+import dataclasses
+
 import tensorflow as tf
 
 from v2.data.cifar import IMAGE_SIZE
@@ -81,6 +83,95 @@ def cutout(images, key, size, first=0, total=None):
     return images * tf.cast(keep, images.dtype)[..., None]
 
 
+@dataclasses.dataclass(frozen=True)
+class Mixing:
+    """mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019) of a recipe; off at zeros.
+
+    With both on, each batch is CutMix with probability cutmix_prob and mixup otherwise;
+    with CutMix alone, a batch is cut with probability cutmix_prob and left as it is
+    otherwise.
+    """
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    cutmix_prob: float = 1.0
+
+    def __bool__(self):
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+
+def uniform(shape, key):
+    """Uniform floats in (0, 1) from 24 random bits each. Philox's integers are the same with
+    and without XLA, its floats are not: made from integers, a draw is the same everywhere."""
+    bits = tf.random.stateless_uniform(shape, key, minval=0, maxval=2 ** 24, dtype=tf.int32,
+                                       alg=RNG)
+    return (tf.cast(bits, tf.float32) + 0.5) / 2 ** 24
+
+
+def beta_quantile(u, alpha, iterations=40):
+    """The quantile u of Beta(alpha, alpha), by bisection on the regularised incomplete beta
+    function: a draw is a pure function of its Philox uniform u, on every device."""
+    low, high = tf.zeros_like(u), tf.ones_like(u)
+    for _ in range(iterations):           # 2**-40: far below float32's resolution near 0.5
+        middle = (low + high) / 2
+        below = tf.math.betainc(alpha, alpha, middle) < u
+        low, high = tf.where(below, middle, low), tf.where(below, high, middle)
+    return (low + high) / 2
+
+
+def cutmix_box(lam, centre):
+    """Yun et al. 2019's box for the mixing ratio lam: sides of 32 * sqrt(1 - lam) pixels
+    (rounded down) around `centre` [row, column], clipped to the image; [y0, y1, x0, x1]."""
+    side = tf.cast(IMAGE_SIZE * tf.sqrt(1.0 - lam), tf.int32)
+    low = tf.clip_by_value(centre - side // 2, 0, IMAGE_SIZE)
+    high = tf.clip_by_value(centre + side // 2, 0, IMAGE_SIZE)
+    return tf.stack([low[0], high[0], low[1], high[1]])
+
+
+def mix_draws(key, mixing: Mixing, batch, first=0):
+    """One batch's mixing: (lam drawn, whether it is CutMix, CutMix's box, the partner of
+    each image), all from the step's key, so a resumed run mixes as an uninterrupted one.
+    The partners are a permutation of the `batch` images from row `first` (one replica's
+    share: each replica mixes within its own images, as per-GPU mixup does)."""
+    mix_key = tf.random.experimental.stateless_fold_in(key, 2, alg=RNG)
+    lam_key, choice_key, box_key, order_key = tf.unstack(
+        tf.random.experimental.stateless_split(mix_key, 4, alg=RNG))
+    choice = uniform([], choice_key)
+    if mixing.cutmix_alpha > 0:
+        cut = choice < mixing.cutmix_prob
+        mixes = cut | (mixing.mixup_alpha > 0)
+    else:
+        cut, mixes = tf.constant(False), tf.constant(True)
+    alpha = tf.where(cut, float(mixing.cutmix_alpha), float(mixing.mixup_alpha))
+    lam = tf.where(mixes, beta_quantile(uniform([], lam_key), tf.maximum(alpha, 1e-3)), 1.0)
+    centre = tf.random.stateless_uniform([2], box_key, minval=0, maxval=IMAGE_SIZE,
+                                         dtype=tf.int32, alg=RNG)
+    # A permutation as the order of uniform draws: XLA compiles a sort, not a shuffle.
+    partners = tf.argsort(tf.random.stateless_uniform(
+        [batch], tf.random.experimental.stateless_fold_in(order_key, first, alg=RNG),
+        minval=0, maxval=2 ** 30, dtype=tf.int32, alg=RNG), stable=True)
+    return lam, cut, cutmix_box(lam, centre), partners
+
+
+def mix(images, labels, num_classes, key, mixing: Mixing, first=0):
+    """A prepared batch mixed with its partners: (images, float32 targets [B, classes]).
+
+    mixup: lam * x + (1 - lam) * x[partners], the labels mixed the same way. CutMix: the
+    partner's pixels pasted into the box, the labels weighted by the box's actual area
+    after clipping, 1 - area / 1024. The same box serves the whole batch (Yun et al.).
+    """
+    lam, cut, box, partners = mix_draws(key, mixing, tf.shape(images)[0], first)
+    partner = tf.gather(images, partners)
+    span = tf.range(IMAGE_SIZE)
+    inside = (((span >= box[0]) & (span < box[1]))[:, None]
+              & ((span >= box[2]) & (span < box[3]))[None, :])            # [32, 32]
+    area = tf.cast((box[1] - box[0]) * (box[3] - box[2]), tf.float32)
+    weight = tf.where(cut, 1.0 - area / IMAGE_SIZE ** 2, lam)
+    mixed = tf.where(cut, tf.where(inside[None, :, :, None], partner, images),
+                     lam * images + (1.0 - lam) * partner)
+    one_hot = tf.one_hot(labels, num_classes)
+    return mixed, weight * one_hot + (1.0 - weight) * tf.gather(one_hot, partners)
+
+
 def prepare_batch(images, mean, key, first=0, total=None, cutout_size=0):
     """A training batch as the step sees it: uint8 -> normalised, augmented float32."""
     batch = augment(normalize(images, mean), key, first, total)
@@ -127,20 +218,26 @@ def train_batches(images, labels, batch_size: int, seed: int, start_step: int,
 
 
 def augmented_batches(images, labels, mean, batch_size, seed, start_step, num_steps,
-                      cutout_size=0):
+                      cutout_size=0, mixing=Mixing(), num_classes=None):
     """train_batches prepared on the host: float32 batches as the training step sees them.
 
     What a one-CPU training run feeds its step (tf.data's threads work beside it), and
     what code that takes ready batches uses (a Keras model's fit, the tests). On a GPU,
-    and under a distribution strategy, the step prepares each batch itself.
+    and under a distribution strategy, the step prepares each batch itself. With mixing
+    the labels come as the mixed targets [B, num_classes].
     """
     steps = tf.data.Dataset.range(start_step, num_steps)
     batches = train_batches(images, labels, batch_size, seed, start_step, num_steps)
     mean = tf.constant(mean)
+
+    def prepare(step, batch):
+        key = step_key(seed, step)
+        prepared = prepare_batch(batch[0], mean, key, cutout_size=cutout_size)
+        if mixing:
+            return mix(prepared, batch[1], num_classes, key, mixing)
+        return prepared, batch[1]
     return (tf.data.Dataset.zip((steps, batches))
-            .map(lambda s, b: (prepare_batch(b[0], mean, step_key(seed, s),
-                                             cutout_size=cutout_size), b[1]),
-                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
 
 

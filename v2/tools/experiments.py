@@ -72,6 +72,9 @@ SWITCHES = {
     'cosine': 'cosine decay to 0 after a linear warm-up over the first 5% of the steps',
     'ema': 'weight averages with decay 0.999, evaluated instead of the weights',
     'cutout': 'cutout of 16x16 (DeVries & Taylor 2017)',
+    'mixup': 'mixup with alpha 1.0 (Zhang et al. 2018)',
+    'cutmix': 'CutMix with alpha 1.0 on half the batches (Yun et al. 2019)',
+    'zero_init': 'zero-initialised residual branches (the last batch norm of each unit)',
     'tta': 'the default runs evaluated with flipped views averaged',
 }
 
@@ -459,6 +462,12 @@ def switched(recipe, switch):
             warmup='linear', warmup_iterations=warmup, warmup_lr=0.0))
     if switch == 'ema':
         return dataclasses.replace(recipe, ema_decay=0.999)
+    if switch == 'mixup':
+        return dataclasses.replace(recipe, mixup_alpha=1.0)
+    if switch == 'cutmix':
+        return dataclasses.replace(recipe, cutmix_alpha=1.0, cutmix_prob=0.5)
+    if switch == 'zero_init':
+        return dataclasses.replace(recipe, zero_init_residual=True)
     if switch == 'cutout':
         return dataclasses.replace(recipe, cutout=16)
     return recipe                                       # tta: the default runs

@@ -98,8 +98,11 @@ class Log:
             for name, value in means.items():
                 tf.summary.scalar(name, value)
         total = self.recipe.num_iterations
-        self.out('step %d/%d  loss %.4f  accuracy %.3f  lr %.6g  %.0f img/s  left %s%s'
-                 % (step, total, means['loss'], means['accuracy'], means['learning_rate'],
+        # Of mixed images (mixup, CutMix): the accuracy on the label of the larger share.
+        self.out('step %d/%d  loss %.4f  %s %.3f  lr %.6g  %.0f img/s  left %s%s'
+                 % (step, total, means['loss'], 'accuracy on the larger label'
+                    if self.recipe.mixing else 'accuracy', means['accuracy'],
+                    means['learning_rate'],
                     rate, format_duration((total - step) * self.recipe.batch_size / rate),
                     '  skipped %d non-finite steps' % means['skipped_steps']
                     if means['skipped_steps'] else ''))

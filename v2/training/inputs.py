@@ -58,12 +58,13 @@ def prepares_on_host(prepare_batches, on_gpu, cluster):
     return prepare_batches == 'host'
 
 
-def training_batches(data, recipe, start, on_host, mean):
-    """The run's global batches from step `start`: uint8, or, on_host, prepared float32."""
+def training_batches(data, recipe, start, on_host, mean, num_classes=None):
+    """The run's global batches from step `start`: uint8, or, on_host, prepared float32
+    (with mixup or CutMix, their targets [B, num_classes] for labels)."""
     if on_host:
         return pipeline.augmented_batches(data.images, data.labels, mean, recipe.batch_size,
                                           recipe.seed, start, recipe.num_iterations,
-                                          recipe.cutout)
+                                          recipe.cutout, recipe.mixing, num_classes)
     return pipeline.train_batches(data.images, data.labels, recipe.batch_size, recipe.seed,
                                   start, recipe.num_iterations)
 

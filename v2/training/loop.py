@@ -249,7 +249,7 @@ def _make_loop(*, setup, state, recipe, options, data, dtype, model_config, fold
         record.write_hyperparameters(options.logs, model_config, recipe, options.ckpt_path)
     batches = distribution.distribute_batches(
         cluster, lambda: inputs.training_batches(data, recipe, start, setup.on_host,
-                                                 state.mean.numpy()),
+                                                 state.mean.numpy(), model_config.num_classes),
         recipe.batch_size, setup.on_gpu)
     agree = cluster.multi_worker
     log = actions.Log(recipe, options.log_per_iterations,

@@ -15,6 +15,7 @@ not stored.
 import dataclasses
 import json
 
+from v2.data.pipeline import Mixing
 from v2.errors import UserError
 from v2.training.schedule import Schedule
 
@@ -41,6 +42,9 @@ class Recipe:
     label_smoothing: float = 0.0
     cutout: int = 0
     ema_decay: float = 0.0
+    mixup_alpha: float = 0.0         # Zhang et al. 2018; 0: off
+    cutmix_alpha: float = 0.0        # Yun et al. 2019; 0: off
+    cutmix_prob: float = 1.0
 
     def __post_init__(self):
         checks = [('batch_size', self.batch_size >= 1),
@@ -48,11 +52,18 @@ class Recipe:
                   ('nan_policy', self.nan_policy in NAN_POLICIES),
                   ('validation_split', self.validation_split >= 0),
                   ('label_smoothing', 0.0 <= self.label_smoothing < 1.0),
-                  ('cutout', 0 <= self.cutout <= 32), ('ema_decay', 0.0 <= self.ema_decay < 1.0)]
+                  ('cutout', 0 <= self.cutout <= 32), ('ema_decay', 0.0 <= self.ema_decay < 1.0),
+                  ('mixup_alpha', self.mixup_alpha >= 0), ('cutmix_alpha', self.cutmix_alpha >= 0),
+                  ('cutmix_prob', 0.0 <= self.cutmix_prob <= 1.0)]
         for name, ok in checks:
             if not ok:
                 raise UserError('%s=%s is out of range' % (name, getattr(self, name)),
                                 settings=(name,))
+
+    @property
+    def mixing(self) -> Mixing:
+        """mixup and CutMix of this recipe (v2.data.pipeline.mix); false when both are off."""
+        return Mixing(self.mixup_alpha, self.cutmix_alpha, self.cutmix_prob)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

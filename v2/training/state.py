@@ -77,6 +77,7 @@ class TrainState:
                          step=self.step, window=self.window, pixel_mean=self.mean,
                          weight_decay=recipe.weight_decay, seed=recipe.seed,
                          label_smoothing=recipe.label_smoothing, cutout=recipe.cutout,
+                         mixing=recipe.mixing,
                          loss_scale=self.loss_scale, nan_policy=recipe.nan_policy,
                          ema=self.ema)
 

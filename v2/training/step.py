@@ -89,6 +89,7 @@ class StepParts:
     seed: int = 0
     label_smoothing: float = 0.0
     cutout: int = 0
+    mixing: pipeline.Mixing = pipeline.Mixing()
     loss_scale: tf.Module | None = None
     nan_policy: str = 'stop'            # or 'skip_step' (v2.training.nonfinite)
     ema: tf.Module | None = None
@@ -124,16 +125,24 @@ def make_train_steps(parts: StepParts, strategy=None, global_batch=None, jit_com
             return _forward_backward(images, labels, batch) + (before,)
 
     def _forward_backward(images, labels, batch):
+        targets = labels if labels.dtype.is_floating else None   # mixed on the host
         if images.dtype == tf.uint8:         # else prepared by the input pipeline already
             first = (tf.distribute.get_replica_context().replica_id_in_sync_group
                      * tf.shape(labels)[0])
             key = pipeline.step_key(p.seed, p.step)
             images = pipeline.prepare_batch(images, p.pixel_mean, key, first, batch, p.cutout)
+            if p.mixing:
+                images, targets = pipeline.mix(images, labels, num_classes, key, p.mixing,
+                                               first)
+        if targets is not None:               # accuracy: against the larger share's label
+            labels = tf.argmax(targets, -1, output_type=tf.int32)
+        elif p.label_smoothing:
+            targets = tf.one_hot(labels, num_classes)
         with tf.GradientTape() as tape:
             logits = p.model(images, training=True)
-            if p.label_smoothing:
-                targets = (tf.one_hot(labels, num_classes) * (1.0 - p.label_smoothing)
-                           + p.label_smoothing / num_classes)
+            if targets is not None:
+                if p.label_smoothing:          # Szegedy et al. 2016, of the mixed targets
+                    targets = targets * (1.0 - p.label_smoothing) + p.label_smoothing / num_classes
                 per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
             else:
                 per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
