@@ -1,6 +1,7 @@
 """The training loop: set up, check, then train to num_iterations.
 
-train() sets up the devices and the strategy, checks everything that can be checked
+train() sets up the devices and the strategy, takes the run folder's lock (one
+trainer per folder, v2.runtime.lock), checks everything that can be checked
 before the first step (v2.training.preflight), creates the training state and
 restores it from the latest checkpoint (v2.training.state), and then loops: it runs
 the traced steps up to the next step where something is due, and there logs the
@@ -16,7 +17,7 @@ import tensorflow as tf
 
 from v2.errors import UserError
 from v2.nets.model import ModelConfig, count_parameters
-from v2.runtime import devices, distribution, precision
+from v2.runtime import devices, distribution, lock, precision
 from v2.training import actions, inputs, preflight, record
 from v2.training.recipe import Recipe, RunOptions
 from v2.training.state import TrainState
@@ -92,21 +93,39 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
     options.distribution_strategy picks the tf.distribute strategy; devices and the
     strategy are set up first, as TensorFlow requires. Under multi_worker every
     worker runs this function; only the chief (worker 0) writes into ckpt_path and
-    the log folder.
+    the log folder, and holds ckpt_path's lock (v2.runtime.lock) while it runs; each
+    other worker locks its own scratch folder.
     """
     # 1. Devices and strategy, before any other TensorFlow work.
     setup = set_up(model_config, recipe, options, out)
-    cluster, out = setup.cluster, setup.out
-    # 2. The data, the folders and a checkpoint already there, checked before anything runs.
+    # 2. The data, checked before anything runs; then the run folder, locked for this run.
     data = inputs.load_training_data(model_config, recipe, data_path,
                                      evaluate=bool(options.eval_every))
-    if cluster.is_chief:
-        preflight.prepare_folder(options.ckpt_path, 'ckpt_path')
-        preflight.prepare_folder(options.logs, 'log_path')
+    folders = distribution.WorkerFolders(setup.cluster)
+    run_lock = None
+    try:
+        if setup.cluster.is_chief:
+            preflight.prepare_folder(options.ckpt_path, 'ckpt_path')
+            run_lock = lock.RunLock(options.ckpt_path, 'ckpt_path', setup.out).acquire()
+            preflight.prepare_folder(options.logs, 'log_path')
+        else:                       # the other workers write only into a scratch folder
+            run_lock = lock.RunLock(folders.scratch, 'scratch', setup.out).acquire()
+        return _train_in(setup, data, folders, model_config, recipe, options, on_step,
+                         on_record)
+    finally:
+        if run_lock:
+            run_lock.release()
+        folders.close()
+
+
+def _train_in(setup, data, folders, model_config, recipe, options, on_step, on_record):
+    """train() once the folder is this run's: restore, then the loop."""
+    cluster, out = setup.cluster, setup.out
     saved, model_config = preflight.checkpoint_there(options.ckpt_path, model_config, out)
+    result = TrainResult(step=0, checkpoint=saved.prefix if saved else None)
     # 3. The state, restored from the checkpoint.
     state, dtype = _restored_state(setup, model_config, recipe, options, data, saved)
-    start = int(state.step.numpy())
+    start = result.step = int(state.step.numpy())
     if cluster.multi_worker:
         distribution.check_same_step(cluster, state.step, options.ckpt_path)
     out('%s: %s trainable parameters; %d training images, batch %d, %s, %s; %s'
@@ -114,16 +133,15 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
            data.images.shape[0], recipe.batch_size, dtype.name, cluster.describe(setup.used),
            'resuming at step %d from %s' % (start, saved.prefix) if saved
            else 'starting at step 0'))
-    result = TrainResult(step=start, checkpoint=saved.prefix if saved else None)
     if start >= recipe.num_iterations:
         out('step %d already reaches num_iterations=%d: nothing to train'
             % (start, recipe.num_iterations))
         return result
     # 4. The traced steps, their batches and the actions; then the loop.
-    folders = distribution.WorkerFolders(cluster)
     loop = _make_loop(setup=setup, state=state, recipe=recipe, options=options, data=data,
                       dtype=dtype, model_config=model_config, folders=folders, start=start,
-                      last_checkpoint=result.checkpoint, on_step=on_step, on_record=on_record)
+                      last_checkpoint=result.checkpoint, on_step=on_step,
+                      on_record=on_record)
     if cluster.is_chief:
         out('checkpoints: %s   TensorBoard: tensorboard --logdir=%s'
             % (options.ckpt_path, options.logs))
@@ -135,11 +153,10 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
         if not cluster.multi_worker or not distribution.is_peer_loss(e):
             raise
         raise UserError('worker %d: lost contact with the other workers (%s); the last '
-                        'checkpoint is %s: start every worker again with the same command to '
-                        'resume from it' % (cluster.worker_index, distribution.reason(e),
-                                             loop.save.last)) from None
+                        'checkpoint is %s: start every worker again with the same command '
+                        'to resume from it' % (cluster.worker_index, distribution.reason(e),
+                                               loop.save.last)) from None
     finally:
-        folders.close()
         for action in (loop.log, loop.evaluate):
             if action is not None:
                 action.writer.flush()

@@ -1,0 +1,145 @@
+"""The faults of long runs on shared machines: a second trainer on a busy run folder, a
+lock left by a killed run, a torn newest checkpoint, out of device memory. In this
+process (fast), and with real processes stopped and killed (slow)."""
+
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+from conftest import ROOT, error_lines, quiet, run_script, tiny_options, tiny_recipe
+from test_cli import TINY_RUN, snapshot, train_in_process
+
+from v2.errors import UserError
+from v2.nets.model import ModelConfig
+from v2.runtime import lock
+from v2.training import loop
+
+TINY = ModelConfig(num_layers=8)
+HOST = socket.gethostname()
+
+
+def trainer_args(data, ckpt, steps=8):
+    return ['--data_path=%s' % data, '--ckpt_path=%s' % ckpt, '--num_iterations=%d' % steps,
+            *TINY_RUN]
+
+
+def dead_pid():
+    """The process id of a process that has ended."""
+    process = subprocess.Popen(['true'])
+    process.wait()
+    return process.pid
+
+
+def truncate(path):
+    """Cuts a file to half its length, as a copy cut off would; returns what is left."""
+    torn = path.read_bytes()[:path.stat().st_size // 2]
+    path.write_bytes(torn)
+    return torn
+
+
+# --- one writer per run folder -------------------------------------------------------------
+
+def test_a_second_trainer_on_a_busy_folder_is_refused_naming_the_holder(trained_copy,
+                                                                        session_data):
+    ckpt = trained_copy / 'ckpt'
+    with lock.RunLock(str(ckpt), out=quiet):       # this process holds it, as a trainer would
+        before = snapshot(ckpt)
+        status, line = train_in_process(*trainer_args(session_data, ckpt))
+        assert snapshot(ckpt) == before
+    assert status == 1 and '\n' not in line, line
+    assert line.startswith('run_trainer.py: error: --ckpt_path=%s is in use by another trainer '
+                           '(pid %d on host %s, since ' % (ckpt, os.getpid(), HOST)), line
+    assert not (ckpt / lock.FILE).exists()          # released, and removed, with the block
+    status, line = train_in_process(*trainer_args(session_data, ckpt))
+    assert status == 0, line
+    assert not (ckpt / lock.FILE).exists()
+
+
+def test_the_lock_of_a_run_that_died_is_taken_over_with_a_note(trained_copy, session_data):
+    ckpt = trained_copy / 'ckpt'
+    pid = dead_pid()
+    (ckpt / lock.FILE).write_text('pid=%d host=%s since=2026-01-01T00:00:00Z\n' % (pid, HOST))
+    lines = []
+    result = loop.train(TINY, tiny_recipe(num_iterations=7), tiny_options(trained_copy),
+                        str(session_data), out=lines.append)
+    assert result.step == 7
+    assert ('note: took over %s from pid %d on host %s, since 2026-01-01T00:00:00Z, which ended '
+            'without releasing it' % (ckpt / lock.FILE, pid, HOST)) in lines[0]
+    assert not (ckpt / lock.FILE).exists()
+
+
+@pytest.mark.parametrize('holder, refused', [
+    ('parent', 'is in use by another trainer (pid {pid} on host {host}'),
+    ('elsewhere', 'this file system has no locks, so a trainer on another machine cannot be '
+                  'checked from here: if it no longer runs, delete {path}'),
+    ('dead', None),
+])
+def test_without_file_locks_the_holders_process_decides(tmp_path, monkeypatch, holder, refused):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, 'No locks available')
+    monkeypatch.setattr(lock.fcntl, 'flock', no_locks)
+    pid, host = {'parent': (os.getppid(), HOST), 'elsewhere': (os.getppid(), 'elsewhere'),
+                 'dead': (dead_pid(), HOST)}[holder]
+    path = tmp_path / lock.FILE
+    path.write_text('pid=%d host=%s since=2026-01-01T00:00:00Z\n' % (pid, host))
+    notes = []
+    if refused:
+        with pytest.raises(UserError) as caught:
+            lock.RunLock(str(tmp_path), out=notes.append).acquire()
+        assert refused.format(pid=pid, host=host, path=path) in str(caught.value)
+        assert path.read_text().startswith('pid=%d ' % pid)
+    else:
+        taken = lock.RunLock(str(tmp_path), out=notes.append).acquire()
+        assert path.read_text().startswith('pid=%d host=%s ' % (os.getpid(), HOST))
+        assert len(notes) == 1 and 'took over' in notes[0]
+        taken.release()
+        assert not path.exists()
+
+
+# --- the slow tier: real processes, stopped and killed ----------------------------------------
+
+def _start_trainer(*args):
+    env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+    return subprocess.Popen([sys.executable, str(ROOT / 'run_trainer.py'), *args], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_second_trainer_beside_a_running_one_and_after_it_is_killed(session_data, tmp_path):
+    ckpt = tmp_path / 'ckpt'
+    args = ['--data_path=%s' % session_data, '--ckpt_path=%s' % ckpt, '--num_layers=8',
+            '--batch_size=8', '--log_per_iterations=10', '--save_every=10']
+    first = _start_trainer(*args, '--num_iterations=1000000')
+    try:
+        deadline = time.time() + 180
+        while not (ckpt / 'checkpoint').exists():
+            assert first.poll() is None and time.time() < deadline, first.stderr.read()
+            time.sleep(0.2)
+        first.send_signal(signal.SIGSTOP)         # frozen mid-run: it holds the folder
+        time.sleep(0.5)
+        before = snapshot(ckpt)
+        second = run_script('run_trainer.py', *args, '--num_iterations=20')
+        assert snapshot(ckpt) == before
+        assert second.returncode == 1 and 'Traceback' not in second.stderr
+        lines = error_lines(second.stderr)
+        assert len(lines) == 1 and ('--ckpt_path=%s is in use by another trainer (pid %d on host '
+                                    '%s' % (ckpt, first.pid, HOST)) in lines[0], second.stderr
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+    assert (ckpt / lock.FILE).exists()              # left behind by the killed run
+    last = int(tf.train.latest_checkpoint(str(ckpt)).rsplit('-', 1)[1])
+    third = run_script('run_trainer.py', *args, '--num_iterations=%d' % (last + 10))
+    assert third.returncode == 0, third.stderr
+    assert ('note: took over %s from pid %d on host %s' % (ckpt / lock.FILE, first.pid, HOST)
+            in third.stdout)
+    assert 'resuming at step %d' % last in third.stdout
+    assert not (ckpt / lock.FILE).exists()
