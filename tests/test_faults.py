@@ -10,10 +10,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, error_lines, quiet, run_script, tiny_options, tiny_recipe
-from test_cli import TINY_RUN, snapshot, train_in_process
+from conftest import ROOT, all_tensors, error_lines, quiet, run_script, tiny_options, tiny_recipe
+from test_cli import TINY_RUN, evaluate_in_process, snapshot, train_in_process
 
 from v2.errors import UserError
 from v2.nets.model import ModelConfig
@@ -100,6 +101,80 @@ def test_without_file_locks_the_holders_process_decides(tmp_path, monkeypatch, h
         assert len(notes) == 1 and 'took over' in notes[0]
         taken.release()
         assert not path.exists()
+
+
+# --- a torn newest checkpoint ----------------------------------------------------------------
+
+def _killed_at(step):
+    def on_step(current):
+        if current == step:
+            raise KeyboardInterrupt('killed')
+    return on_step
+
+
+def test_a_torn_newest_checkpoint_is_set_aside_and_the_run_resumes_bit_for_bit(session_data,
+                                                                                tmp_path):
+    recipe = tiny_recipe(num_iterations=8, deterministic=True)
+    options = dict(log_per_iterations=2, save_every=2)
+    straight = loop.train(TINY, recipe, tiny_options(tmp_path / 'a', **options),
+                          str(session_data), out=quiet)
+    with pytest.raises(KeyboardInterrupt):        # killed at step 7, after the save of step 6
+        loop.train(TINY, recipe, tiny_options(tmp_path / 'b', **options), str(session_data),
+                   out=quiet, on_step=_killed_at(7))
+    ckpt = tmp_path / 'b' / 'ckpt'
+    assert not (ckpt / lock.FILE).exists()        # released on the way out
+    torn = truncate(ckpt / 'ckpt-6.data-00000-of-00001')
+    index = (ckpt / 'ckpt-6.index').read_bytes()
+    lines = []
+    resumed = loop.train(TINY, recipe, tiny_options(tmp_path / 'b', **options),
+                         str(session_data), out=lines.append)
+    notes = [line for line in lines if line.startswith('note: %s' % (ckpt / 'ckpt-6'))]
+    assert len(notes) == 1 and 'not a readable checkpoint of this trainer' in notes[0]
+    assert notes[0].endswith('set aside as ckpt-6.data-00000-of-00001.unreadable, '
+                             'ckpt-6.index.unreadable, and the run resumes from %s'
+                             % (ckpt / 'ckpt-4'))
+    assert any('resuming at step 4 from %s' % (ckpt / 'ckpt-4') in line for line in lines)
+    # Set aside, never deleted: the bytes are all there under the new names.
+    assert (ckpt / 'ckpt-6.data-00000-of-00001.unreadable').read_bytes() == torn
+    assert (ckpt / 'ckpt-6.index.unreadable').read_bytes() == index
+    a, b = all_tensors(straight.checkpoint), all_tensors(resumed.checkpoint)
+    assert a.keys() == b.keys() and any(k.startswith('optimizer/') for k in a)
+    a.pop('save_counter/.ATTRIBUTES/VARIABLE_VALUE')
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    listed = tf.train.get_checkpoint_state(str(ckpt)).all_model_checkpoint_paths
+    assert [os.path.basename(p) for p in listed] == ['ckpt-2', 'ckpt-4', 'ckpt-6', 'ckpt-8']
+
+
+def test_when_no_checkpoint_reads_the_trainer_refuses_and_touches_nothing(trained_copy,
+                                                                          session_data):
+    ckpt = trained_copy / 'ckpt'
+    for step in (3, 6):
+        truncate(ckpt / ('ckpt-%d.data-00000-of-00001' % step))
+    before = snapshot(ckpt)
+    status, line = train_in_process(*trainer_args(session_data, ckpt))
+    assert status == 1 and '\n' not in line
+    assert '%s: not a readable checkpoint of this trainer' % (ckpt / 'ckpt-6') in line, line
+    assert snapshot(ckpt) == before
+
+
+def test_the_evaluator_reports_a_torn_checkpoint_and_evaluates_the_others(trained_copy,
+                                                                          session_data, capsys):
+    ckpt = trained_copy / 'ckpt'
+    truncate(ckpt / 'ckpt-6.data-00000-of-00001')
+    checkpoints = {n: b for n, b in snapshot(ckpt).items() if n.startswith('ckpt')}
+    status, line = evaluate_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % ckpt,
+                                       '--all_checkpoints')
+    assert status == 0, line
+    out = capsys.readouterr().out.splitlines()
+    skipped = [line for line in out if line.startswith('skipped %s: ' % (ckpt / 'ckpt-6'))]
+    assert len(skipped) == 1 and ('not a readable checkpoint' in skipped[0]
+                                  or 'could not be restored' in skipped[0]), out
+    rows = [line for line in out if line.rstrip().endswith(str(ckpt / 'ckpt-3'))]
+    assert len(rows) == 1 and not any(line.rstrip().endswith(str(ckpt / 'ckpt-6'))
+                                      for line in out if '%' in line)
+    # The evaluator only reads: the torn checkpoint stays where it was.
+    assert {n: b for n, b in snapshot(ckpt).items() if n.startswith('ckpt')} == checkpoints
 
 
 # --- the slow tier: real processes, stopped and killed ----------------------------------------

@@ -197,6 +197,25 @@ def checkpoints_named(ckpt_path, all_checkpoints=False):
     return named
 
 
+def readable(named, skip_unreadable, out=print):
+    """(named, their checkpoint.Saved) with, where skip_unreadable, each checkpoint whose
+    metadata does not read reported in one line and left out (the evaluator only reads:
+    it sets nothing aside); UserError where none is left, or for the first bad one."""
+    kept, saved, errors = [], [], []
+    for entry in named:
+        try:
+            saved.append(checkpoint.Saved(entry[0]))
+            kept.append(entry)
+        except UserError as e:
+            if not skip_unreadable:
+                raise
+            errors.append(e)
+            out('skipped %s' % e)
+    if not saved:
+        raise errors[0]
+    return kept, saved
+
+
 def validation_images(saved, data_path, spec):
     """The images the checkpoint's run held out (the last validation_split training
     images), for temperature scaling; refused in one line when it held out none."""
@@ -232,8 +251,7 @@ def evaluate_checkpoints(ckpt_path: str, data_path: str | None = None,
     and takes only the memory it needs there, so that it fits beside a running trainer.
     """
     devices_lib.setup_for_evaluation(devices, out)
-    named = checkpoints_named(ckpt_path, all_checkpoints)
-    saved = [checkpoint.Saved(p) for p, _, _ in named]
+    named, saved = readable(checkpoints_named(ckpt_path, all_checkpoints), all_checkpoints, out)
     for s in saved:
         s.check_matches(wanted or {})
     architectures = {s.config for s in saved}
@@ -256,7 +274,13 @@ def evaluate_checkpoints(ckpt_path: str, data_path: str | None = None,
     evaluator = Evaluator(restorer.net, restorer.mean, tta, keep_logits=True)
     results = []
     for s, (_, which, record) in zip(saved, named):
-        restorer.load(s)
+        try:
+            restorer.load(s)
+        except UserError as e:
+            if not all_checkpoints:
+                raise
+            out('skipped %s' % e)           # a data file damaged past its metadata
+            continue
         result = Result(s.prefix, s.step, evaluator(pipeline.eval_batches(images, labels,
                                                                           batch_size)), which,
                         record['validation_accuracy'] if record else None)
@@ -271,6 +295,9 @@ def evaluate_checkpoints(ckpt_path: str, data_path: str | None = None,
             with writer.as_default(step=s.step):
                 tf.summary.scalar('cross_entropy', result.metrics.cross_entropy)
                 tf.summary.scalar('accuracy', result.metrics.accuracy)
+    if not results:
+        raise UserError('ckpt_path=%s: none of its checkpoints reads' % ckpt_path,
+                        settings=('ckpt_path',))
     if writer:
         writer.flush()
         out('TensorBoard: tensorboard --logdir=%s (run "evaluator")' % log_path)

@@ -121,7 +121,8 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
 def _train_in(setup, data, folders, model_config, recipe, options, on_step, on_record):
     """train() once the folder is this run's: restore, then the loop."""
     cluster, out = setup.cluster, setup.out
-    saved, model_config = preflight.checkpoint_there(options.ckpt_path, model_config, out)
+    saved, model_config = preflight.checkpoint_there(options.ckpt_path, model_config, out,
+                                                     may_write=cluster.is_chief)
     result = TrainResult(step=0, checkpoint=saved.prefix if saved else None)
     # 3. The state, restored from the checkpoint.
     state, dtype = _restored_state(setup, model_config, recipe, options, data, saved)
