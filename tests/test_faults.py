@@ -18,7 +18,8 @@ from test_cli import TINY_RUN, evaluate_in_process, snapshot, train_in_process
 
 from v2.errors import UserError
 from v2.nets.model import ModelConfig
-from v2.runtime import lock
+from v2.nets.resnet import ResNet
+from v2.runtime import devices, lock, memory
 from v2.training import loop
 
 TINY = ModelConfig(num_layers=8)
@@ -175,6 +176,90 @@ def test_the_evaluator_reports_a_torn_checkpoint_and_evaluates_the_others(traine
                                       for line in out if '%' in line)
     # The evaluator only reads: the torn checkpoint stays where it was.
     assert {n: b for n, b in snapshot(ckpt).items() if n.startswith('ckpt')} == checkpoints
+
+
+# --- out of memory ---------------------------------------------------------------------------
+
+OOM = ('OOM when allocating tensor with shape[8,16,32,32] and type float on '
+       '/job:localhost/replica:0/task:0/device:GPU:0 by allocator GPU_0_bfc')
+
+
+def _out_of_memory_when_training(monkeypatch):
+    """The forward pass of the training step raises TensorFlow's out-of-memory error."""
+    forward = ResNet.__call__
+
+    def call(self, images, training=False, trace=None):
+        if training:
+            raise tf.errors.ResourceExhaustedError(None, None, OOM)
+        return forward(self, images, training, trace)
+    monkeypatch.setattr(ResNet, '__call__', call)
+
+
+def test_out_of_memory_in_the_step_is_one_line_and_the_folder_stays(trained_copy, session_data,
+                                                                    monkeypatch):
+    ckpt = trained_copy / 'ckpt'
+    before = snapshot(ckpt)
+    _out_of_memory_when_training(monkeypatch)
+    status, line = train_in_process(*trainer_args(session_data, ckpt))
+    assert status == 1 and '\n' not in line, line
+    assert line == ('run_trainer.py: error: out of memory on GPU:0 training ResNet-8 at batch 8 '
+                    'in float32: try a smaller --batch_size, --precision=bfloat16 (or float16) '
+                    'or more devices (--distribution_strategy=mirrored); the last good '
+                    'checkpoint is %s and nothing written was lost' % (ckpt / 'ckpt-6'))
+    # The checkpoints and their index are as they were, and the lock is gone; the logs the
+    # run began (its TensorBoard files, metrics.csv) hold no step.
+    after = snapshot(ckpt)
+    assert {n: b for n, b in after.items() if not n.startswith('logs/')} == before
+    assert after['logs/metrics.csv'].decode().splitlines() == [
+        'step,split,loss,cross_entropy,accuracy,error,learning_rate,images_per_second']
+
+
+def test_out_of_memory_names_the_gpu_and_its_peak(monkeypatch):
+    monkeypatch.setattr(tf.config.experimental, 'get_memory_info',
+                        lambda device: {'current': 0, 'peak': 15 * 2 ** 30 + 2 ** 29})
+    gpu = devices.Device('GPU', 'Tesla V100-SXM2-16GB', (7, 0))
+    error = memory.out_of_memory(tf.errors.ResourceExhaustedError(None, None, OOM),
+                                 doing='training', network='ResNet-1202', batch_size=128,
+                                 precision='bfloat16', used=[gpu])
+    assert str(error) == ('out of memory on GPU:0 (Tesla V100-SXM2-16GB, peak 15.50 GiB in use) '
+                          'training ResNet-1202 at batch 128 in bfloat16: try a smaller '
+                          'batch_size or more devices (distribution_strategy=mirrored); no '
+                          'checkpoint was written yet')
+
+
+def test_out_of_memory_at_the_evaluators_first_batch_is_one_line(trained_copy, session_data,
+                                                                 monkeypatch):
+    ckpt = trained_copy / 'ckpt'
+    before = snapshot(ckpt)
+    forward = ResNet.__call__
+
+    def call(self, images, training=False, trace=None):
+        raise tf.errors.ResourceExhaustedError(None, None, OOM.replace('GPU:0', 'CPU:0'))
+    monkeypatch.setattr(ResNet, '__call__', call)
+    status, line = evaluate_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % ckpt,
+                                       '--all_checkpoints', '--eval_batch_size=12')
+    monkeypatch.setattr(ResNet, '__call__', forward)
+    assert status == 1 and '\n' not in line, line
+    assert line.startswith('run_evaluator.py: error: out of memory on CPU:0 (')
+    assert line.endswith(') evaluating ResNet-8 at batch 12 in float32: try a smaller '
+                         '--eval_batch_size or --precision=bfloat16 (or float16); nothing was '
+                         'written'), line
+    assert snapshot(ckpt) == before               # no TensorBoard run, no JSON
+
+
+def test_out_of_memory_in_the_benchmark_is_one_line(monkeypatch):
+    from v2.cli import app, flags
+    from v2.tools import benchmark
+
+    def measure(*args):
+        raise tf.errors.ResourceExhaustedError(None, None, OOM)
+    monkeypatch.setattr(benchmark, 'measure', measure)
+    status, line = app.call(benchmark.main, ['benchmark', '--num_layers=56', '--batch_size=128'],
+                            flags.BENCHMARK)
+    assert (status, line) == (1, 'benchmark: error: out of memory on GPU:0 timing ResNet-56 at '
+                                 'batch 128 in float32: try a smaller --batch_size, '
+                                 '--precision=bfloat16 (or float16) or more devices '
+                                 '(--distribution_strategy=mirrored); nothing was written')
 
 
 # --- the slow tier: real processes, stopped and killed ----------------------------------------

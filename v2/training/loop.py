@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from v2.errors import UserError
 from v2.nets.model import ModelConfig, count_parameters
-from v2.runtime import devices, distribution, lock, precision
+from v2.runtime import devices, distribution, lock, memory, precision
 from v2.training import actions, inputs, preflight, record
 from v2.training.recipe import Recipe, RunOptions
 from v2.training.state import TrainState
@@ -119,48 +119,56 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
 
 
 def _train_in(setup, data, folders, model_config, recipe, options, on_step, on_record):
-    """train() once the folder is this run's: restore, then the loop."""
+    """train() once the folder is this run's: restore, then the loop; out of device
+    memory is one line naming the last good checkpoint."""
     cluster, out = setup.cluster, setup.out
     saved, model_config = preflight.checkpoint_there(options.ckpt_path, model_config, out,
                                                      may_write=cluster.is_chief)
     result = TrainResult(step=0, checkpoint=saved.prefix if saved else None)
-    # 3. The state, restored from the checkpoint.
-    state, dtype = _restored_state(setup, model_config, recipe, options, data, saved)
-    start = result.step = int(state.step.numpy())
-    if cluster.multi_worker:
-        distribution.check_same_step(cluster, state.step, options.ckpt_path)
-    out('%s: %s trainable parameters; %d training images, batch %d, %s, %s; %s'
-        % (model_config.describe(), format(count_parameters(state.model), ','),
-           data.images.shape[0], recipe.batch_size, dtype.name, cluster.describe(setup.used),
-           'resuming at step %d from %s' % (start, saved.prefix) if saved
-           else 'starting at step 0'))
-    if start >= recipe.num_iterations:
-        out('step %d already reaches num_iterations=%d: nothing to train'
-            % (start, recipe.num_iterations))
-        return result
-    # 4. The traced steps, their batches and the actions; then the loop.
-    loop = _make_loop(setup=setup, state=state, recipe=recipe, options=options, data=data,
-                      dtype=dtype, model_config=model_config, folders=folders, start=start,
-                      last_checkpoint=result.checkpoint, on_step=on_step,
-                      on_record=on_record)
-    if cluster.is_chief:
-        out('checkpoints: %s   TensorBoard: tensorboard --logdir=%s'
-            % (options.ckpt_path, options.logs))
+    loop = None
     try:
-        with actions.StopRequests(out) as stop:
-            result.step, result.stopped_by = loop.run(start, recipe.num_iterations,
-                                                      options.steps_per_call, stop)
-    except distribution.PEER_ERRORS as e:
-        if not cluster.multi_worker or not distribution.is_peer_loss(e):
-            raise
-        raise UserError('worker %d: lost contact with the other workers (%s); the last '
-                        'checkpoint is %s: start every worker again with the same command '
-                        'to resume from it' % (cluster.worker_index, distribution.reason(e),
-                                               loop.save.last)) from None
-    finally:
-        for action in (loop.log, loop.evaluate):
-            if action is not None:
-                action.writer.flush()
+        # 3. The state, restored from the checkpoint.
+        state, dtype = _restored_state(setup, model_config, recipe, options, data, saved)
+        start = result.step = int(state.step.numpy())
+        if cluster.multi_worker:
+            distribution.check_same_step(cluster, state.step, options.ckpt_path)
+        out('%s: %s trainable parameters; %d training images, batch %d, %s, %s; %s'
+            % (model_config.describe(), format(count_parameters(state.model), ','),
+               data.images.shape[0], recipe.batch_size, dtype.name, cluster.describe(setup.used),
+               'resuming at step %d from %s' % (start, saved.prefix) if saved
+               else 'starting at step 0'))
+        if start >= recipe.num_iterations:
+            out('step %d already reaches num_iterations=%d: nothing to train'
+                % (start, recipe.num_iterations))
+            return result
+        # 4. The traced steps, their batches and the actions; then the loop.
+        loop = _make_loop(setup=setup, state=state, recipe=recipe, options=options, data=data,
+                          dtype=dtype, model_config=model_config, folders=folders, start=start,
+                          last_checkpoint=result.checkpoint, on_step=on_step,
+                          on_record=on_record)
+        if cluster.is_chief:
+            out('checkpoints: %s   TensorBoard: tensorboard --logdir=%s'
+                % (options.ckpt_path, options.logs))
+        try:
+            with actions.StopRequests(out) as stop:
+                result.step, result.stopped_by = loop.run(start, recipe.num_iterations,
+                                                          options.steps_per_call, stop)
+        except distribution.PEER_ERRORS as e:
+            if not cluster.multi_worker or not distribution.is_peer_loss(e):
+                raise
+            raise UserError('worker %d: lost contact with the other workers (%s); the last '
+                            'checkpoint is %s: start every worker again with the same command '
+                            'to resume from it' % (cluster.worker_index, distribution.reason(e),
+                                                   loop.save.last)) from None
+        finally:
+            for action in (loop.log, loop.evaluate):
+                if action is not None:
+                    action.writer.flush()
+    except memory.OOM as e:
+        raise memory.out_of_memory(
+            e, doing='training', network=model_config.describe(),
+            batch_size=recipe.batch_size, precision=recipe.precision, used=setup.used,
+            last_checkpoint=loop.save.last if loop else result.checkpoint) from None
     result.checkpoint, result.last_metrics = loop.save.last, loop.log.means
     if result.stopped_by:
         out('stopped at step %d; checkpoint %s; run the same command to resume'
