@@ -10,6 +10,7 @@ non-finite loss stops the run at its window's end, before anything is saved.
 """
 
 import dataclasses
+import os
 import signal
 from collections.abc import Callable
 
@@ -107,20 +108,46 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
         if setup.cluster.is_chief:
             preflight.prepare_folder(options.ckpt_path, 'ckpt_path')
             run_lock = lock.RunLock(options.ckpt_path, 'ckpt_path', setup.out).acquire()
+            logs_before = _paths_under(options.logs)
             preflight.prepare_folder(options.logs, 'log_path')
         else:                       # the other workers write only into a scratch folder
             run_lock = lock.RunLock(folders.scratch, 'scratch', setup.out).acquire()
+            logs_before = None
         return _train_in(setup, data, folders, model_config, recipe, options, on_step,
-                         on_record)
+                         on_record, logs_before)
     finally:
         if run_lock:
             run_lock.release()
         folders.close()
 
 
-def _train_in(setup, data, folders, model_config, recipe, options, on_step, on_record):
+def _paths_under(folder):
+    """Every file and folder below `folder` (and itself), or none where it does not exist."""
+    paths = set()
+    for root, dirs, files in os.walk(folder):
+        paths.add(root)
+        paths.update(os.path.join(root, name) for name in dirs + files)
+    return paths
+
+
+def _forget_new_logs(folder, before):
+    """Removes what this run added below `folder` (event files, a new metrics.csv, their
+    folders) when it ended before its first window: a run that never trained must not
+    stay in TensorBoard's runs and HParams table. Nothing that was there before is touched."""
+    for path in sorted(_paths_under(folder) - before, key=len, reverse=True):
+        if os.path.isdir(path):
+            if not os.listdir(path):
+                os.rmdir(path)
+        else:
+            os.remove(path)
+
+
+def _train_in(setup, data, folders, model_config, recipe, options, on_step, on_record,
+              logs_before):
     """train() once the folder is this run's: restore, then the loop; out of device
-    memory is one line naming the last good checkpoint."""
+    memory is one line naming the last good checkpoint (logs_before: the log folder's
+    paths before this run, to leave it as it was when memory runs out before the first
+    window)."""
     cluster, out = setup.cluster, setup.out
     saved, model_config = preflight.checkpoint_there(options.ckpt_path, model_config, out,
                                                      may_write=cluster.is_chief)
@@ -165,6 +192,11 @@ def _train_in(setup, data, folders, model_config, recipe, options, on_step, on_r
                 if action is not None:
                     action.writer.flush()
     except memory.OOM as e:
+        if logs_before is not None and (loop is None or loop.log.means is None):
+            for action in (loop.log, loop.evaluate) if loop else ():
+                if action is not None:
+                    action.writer.close()
+            _forget_new_logs(options.logs, logs_before)
         raise memory.out_of_memory(
             e, doing='training', network=model_config.describe(),
             batch_size=recipe.batch_size, precision=recipe.precision, used=setup.used,
