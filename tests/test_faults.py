@@ -216,13 +216,34 @@ def test_out_of_memory_in_the_step_is_one_line_and_the_folder_stays(trained, tra
     assert snapshot(ckpt) == before
 
 
+def test_out_of_memory_in_an_evaluation_during_training_names_its_batch(trained_copy,
+                                                                         session_data,
+                                                                         monkeypatch):
+    forward = ResNet.__call__
+
+    def call(self, images, training=False, trace=None):
+        if not training:
+            raise tf.errors.ResourceExhaustedError(None, None, OOM)
+        return forward(self, images, training, trace)
+    monkeypatch.setattr(ResNet, '__call__', call)
+    with pytest.raises(UserError) as caught:
+        loop.train(TINY, tiny_recipe(num_iterations=9),
+                   tiny_options(trained_copy, eval_every=3, eval_batch_size=12),
+                   str(session_data), out=quiet)
+    assert caught.value.flag_message() == (
+        'out of memory on GPU:0 evaluating ResNet-8 at batch 12 in float32: try a smaller '
+        '--eval_batch_size, --precision=bfloat16 (or float16) or more devices '
+        '(--distribution_strategy=mirrored); the last good checkpoint is %s and nothing '
+        'written was lost' % (trained_copy / 'ckpt' / 'ckpt-6'))
+
+
 def test_out_of_memory_names_the_gpu_and_its_peak(monkeypatch):
     monkeypatch.setattr(tf.config.experimental, 'get_memory_info',
                         lambda device: {'current': 0, 'peak': 15 * 2 ** 30 + 2 ** 29})
     gpu = devices.Device('GPU', 'Tesla V100-SXM2-16GB', (7, 0))
     error = memory.out_of_memory(tf.errors.ResourceExhaustedError(None, None, OOM),
                                  doing='training', network='ResNet-1202', batch_size=128,
-                                 precision='bfloat16', used=[gpu])
+                                 precision='bfloat16', used=[gpu], checkpoints=True)
     assert str(error) == ('out of memory on GPU:0 (Tesla V100-SXM2-16GB, peak 15.50 GiB in use) '
                           'training ResNet-1202 at batch 128 in bfloat16: try a smaller '
                           'batch_size or more devices (distribution_strategy=mirrored); no '

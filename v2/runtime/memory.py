@@ -4,7 +4,8 @@ TensorFlow raises ResourceExhaustedError when a tensor does not fit on the devic
 net or batch too large for the card); its message is a long allocator report. The
 trainer, the evaluator and the benchmark turn it into a UserError naming the device
 (and, on a GPU, the peak memory TensorFlow saw in use there), the network, the batch
-and the precision, and the settings that need less memory.
+and the precision, and the settings that need less memory. An error raised by an
+evaluation is marked (mark_evaluating), so that the trainer's line names its batch.
 """
 
 import re
@@ -14,6 +15,11 @@ import tensorflow as tf
 from v2.errors import UserError
 
 OOM = tf.errors.ResourceExhaustedError
+
+
+def mark_evaluating(error):
+    """Marks an out-of-memory error as raised by an evaluation."""
+    error.evaluating = True
 
 
 def device_of(error, used=()):
@@ -36,13 +42,14 @@ def gpu_peak(device):
 
 
 def out_of_memory(error, *, doing, network, batch_size, precision, used=(),
-                  batch_setting='batch_size', more_devices=True, last_checkpoint=None):
+                  batch_setting='batch_size', more_devices=True, checkpoints=False,
+                  last_checkpoint=None):
     """The UserError for a ResourceExhaustedError `error`.
 
-    doing: 'training' or 'evaluating'; network: its name (ModelConfig.describe());
-    used: the run's devices (v2.runtime.devices.Device), for the device's name;
-    last_checkpoint: the last good one, named as kept (None: no checkpoint yet, or
-    the program writes none).
+    doing: 'training', 'evaluating', 'timing'; network: its name (ModelConfig.
+    describe()); used: the run's devices (v2.runtime.devices.Device), for the device's
+    name; checkpoints: whether the program writes checkpoints, and last_checkpoint the
+    last good one (None: none yet).
     """
     device = device_of(error, used)
     kind, _, index = device.partition(':')
@@ -57,7 +64,7 @@ def out_of_memory(error, *, doing, network, batch_size, precision, used=(),
         tries.append('precision=bfloat16 (or float16)')
     if more_devices:
         tries.append('more devices (distribution_strategy=mirrored)')
-    if doing == 'training':
+    if checkpoints:
         kept = ('the last good checkpoint is %s and nothing written was lost' % last_checkpoint
                 if last_checkpoint else 'no checkpoint was written yet')
     else:

@@ -197,9 +197,13 @@ def _train_in(setup, data, folders, model_config, recipe, options, on_step, on_r
                 if action is not None:
                     action.writer.close()
             _forget_new_logs(options.logs, logs_before)
+        evaluating = getattr(e, 'evaluating', False)
         raise memory.out_of_memory(
-            e, doing='training', network=model_config.describe(),
-            batch_size=recipe.batch_size, precision=recipe.precision, used=setup.used,
+            e, doing='evaluating' if evaluating else 'training',
+            network=model_config.describe(),
+            batch_size=options.eval_batch_size if evaluating else recipe.batch_size,
+            batch_setting='eval_batch_size' if evaluating else 'batch_size',
+            precision=recipe.precision, used=setup.used, checkpoints=True,
             last_checkpoint=loop.save.last if loop else result.checkpoint) from None
     result.checkpoint, result.last_metrics = loop.save.last, loop.log.means
     if result.stopped_by:
