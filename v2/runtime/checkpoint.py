@@ -5,7 +5,8 @@ optimizer slots and step (and float16's loss scale and the weight averages where
 a run has them), it stores the architecture (ModelConfig as JSON), the training
 recipe (JSON) and the per-pixel training-set mean. The evaluator needs
 nothing else, and a checkpoint of another architecture is refused before any
-variable is restored, never half-loaded.
+variable is restored, never half-loaded. A run resumes from the newest checkpoint
+that reads whole; a newer one that does not is set aside (renamed, never deleted).
 """
 
 import dataclasses
