@@ -26,7 +26,7 @@ RECIPE = Recipe(batch_size=64, num_iterations=400, weight_decay=1e-4, momentum=0
                 schedule=Schedule(boundaries=(300,), values=(0.1, 0.01), warmup='linear',
                                   warmup_iterations=50, warmup_lr=0.01),
                 deterministic=True, seed=1)
-# Measured on a 2-core AMD EPYC (AVX2, no bfloat16 units) by run_once for seeds 1 to 4:
+# Measured on the 2-core AMD EPYC of the README (float32) by run_once for seeds 1 to 4:
 # 49.36%, 52.41%, 50.74%, 48.28% (mean 50.20%, std 1.79 points). The band is about the mean
 # +- 3.5 std, rounded out to whole points: room for another CPU's float order; a change that
 # costs more than 6 points of accuracy fails.

@@ -4,6 +4,7 @@ and as subprocesses for exit statuses, signals and kills (slow)."""
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from conftest import ROOT, all_tensors, error_lines, run_script
 
 from v2.cli import app, evaluator, flags, trainer
 from v2.nets import model
-from v2.runtime import checkpoint
+from v2.runtime import checkpoint, devices
 
 TINY_RUN = ['--num_layers=8', '--batch_size=8', '--log_per_iterations=2',
             '--lr_boundaries=3', '--lr_values=0.05,0.005']
@@ -202,7 +203,10 @@ def test_train_then_evaluate_in_process(session_data, tmp_path, capsys):
     progress = [line for line in out.splitlines() if line.startswith('step 4/4')]
     assert progress and all(word in progress[0]
                             for word in ('loss', 'accuracy', 'lr', 'img/s', 'left'))
-    assert 'one device: CPU' in out.splitlines()[0]
+    first = out.splitlines()[0]          # ResNet-8's parameters, counted by hand: 75,290
+    assert first.startswith('ResNet-8: 75,290 trainable parameters; 80 training images in %s, '
+                            'batch 8; one device: CPU' % session_data)
+    assert first.endswith('; float32, XLA off, batches prepared on the host; starting at step 0')
     status, line = train_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % ckpt,
                                     '--num_iterations=4', *TINY_RUN)
     assert status == 0 and 'nothing to train' in capsys.readouterr().out
@@ -231,6 +235,67 @@ def test_dry_run_prints_the_architecture_and_writes_nothing(session_data, tmp_pa
     out = capsys.readouterr().out
     assert 'WRN-28-10, 10 classes, option B shortcuts' in out
     assert 'trainable parameters: 36,479,194' in out
+
+
+def test_a_dry_run_says_first_what_would_run(session_data, tmp_path, capsys):
+    status, line = train_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % (
+        tmp_path / 'dry'), *TINY_RUN, '--dry_run')
+    assert status == 0, line
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith('ResNet-8: 75,290 trainable parameters; 80 training images in ')
+    assert first.endswith('; one device: %s; float32, XLA off, batches prepared on the host; '
+                          'dry run: would start at step 0' % devices.describe([])[0])
+    status, line = train_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % (
+        tmp_path / 'dry'), *TINY_RUN, '--dry_run', '--prepare_batches=device',
+        '--jit_compile')
+    assert status == 0, line
+    assert 'float32, XLA on, batches prepared on the device' in capsys.readouterr().out
+
+
+def test_a_dry_run_of_a_resume_names_the_checkpoint(trained, session_data, capsys):
+    status, line = train_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % (
+        trained / 'ckpt'), *TINY_RUN, '--dry_run')
+    assert status == 0, line
+    assert capsys.readouterr().out.splitlines()[0].endswith(
+        'dry run: would resume at step 6 from %s' % (trained / 'ckpt' / 'ckpt-6'))
+    status, line = train_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % (
+        trained / 'ckpt'), *TINY_RUN[1:], '--num_layers=20', '--dry_run')
+    assert status == 1 and 'but ResNet-20 (num_layers=20) was asked for' in line
+
+
+# A dry run refuses, in one line, what a real run refuses before its first step.
+DRY_RUN_REFUSALS = {
+    'a device name TensorFlow does not print': (
+        ['--devices=cuda:0'], '--devices=cuda:0: not a device name'),
+    'two GPUs on a machine without one': (
+        ['--devices=/gpu:0,/gpu:1', '--distribution_strategy=mirrored'],
+        '--devices=/gpu:0,/gpu:1: no device /gpu:0 here: TensorFlow sees no GPU'),
+    'two devices without mirrored': (
+        ['--devices=/cpu:0,/cpu:1'], 'one device without --distribution_strategy=mirrored'),
+    'a batch that does not divide by the replicas': (
+        ['--distribution_strategy=mirrored', '--cpu_devices=2', '--batch_size=7'],
+        '--batch_size=7 does not divide by the 2 replicas'),
+    'XLA with pooled statistics over replicas': (
+        ['--distribution_strategy=mirrored', '--cpu_devices=2', '--sync_batch_norm',
+         '--jit_compile'], '--jit_compile with --sync_batch_norm over 2 replicas'),
+    'batches on the host of a mirrored run': (
+        ['--distribution_strategy=mirrored', '--cpu_devices=2', '--prepare_batches=host'],
+        '--prepare_batches=host: only one-device runs'),
+    'a checkpoint folder that is a file': (
+        ['--ckpt_path={data}/test_batch.bin'], 'test_batch.bin is a file; it must be a folder'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(DRY_RUN_REFUSALS))
+def test_a_dry_run_refuses_what_a_real_run_refuses(session_data, tmp_path, case):
+    extra, message = DRY_RUN_REFUSALS[case]
+    extra = [e.format(data=session_data) for e in extra]
+    before = snapshot(session_data)
+    for dry in (['--dry_run'], []):
+        status, line = train_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % (
+            tmp_path / 'ckpt'), *TINY_RUN, *extra, *dry)
+        assert status == 1 and message in line, (dry, line)
+    assert not (tmp_path / 'ckpt').exists() and snapshot(session_data) == before
 
 
 def test_importing_the_library_changes_nothing_and_defines_no_flag():
@@ -360,3 +425,80 @@ def test_corrupt_checkpoint_is_refused_in_one_line(trained, session_data, tmp_pa
     assert run.returncode == 1 and 'Traceback' not in run.stderr
     lines = error_lines(run.stderr)
     assert len(lines) == 1 and 'ckpt-6' in lines[0], run.stderr
+
+
+# --- help: each program's own flags ----------------------------------------------------------
+
+def _programs():
+    from v2.cli import convert
+    from v2.tools import benchmark, catalog, curves, experiments, figures, gpu_report, step_variants
+    # (program, its main, its own flags, flags its --help must show: what the docs name)
+    return {
+        'run_trainer.py': (trainer.main, flags.TRAINER,
+                           ['num_layers', 'data_path', 'ckpt_path', 'precision', 'batch_size',
+                            'devices', 'dry_run']),
+        'run_evaluator.py': (evaluator.main, flags.EVALUATOR,
+                             ['ckpt_path', 'data_path', 'export_dir', 'tflite', 'tta']),
+        'convert.py': (convert.main, flags.CONVERT, ['image_folder', 'data_path']),
+        'benchmark.py': (benchmark.main, flags.BENCHMARK,
+                         ['num_layers', 'precision', 'windows', 'keras']),
+        'step_variants.py': (step_variants.main, flags.STEP_VARIANTS, ['variants', 'rounds']),
+        'experiments.py': (experiments.main, flags.EXPERIMENTS,
+                           ['depths', 'seeds', 'out', 'work_dir', 'num_layers']),
+        'figures.py': (figures.main, flags.FIGURES, ['out']),
+        'curves.py': (curves.main, flags.CURVES, ['png', 'title']),
+        'gpu_report.py': (gpu_report.main, flags.GPU_REPORT, ['budget_minutes', 'out']),
+        'catalog.py': (catalog.main, flags.CATALOG, []),
+    }
+
+
+def _listed(text):
+    """The flags a help text lists: '  --name: ...', '  --[no]name: ...', '  -v,--name: ...'."""
+    return {m.group(1) for m in re.finditer(r'^  (?:-\w,)?--(?:\[no\])?(\w+):', text,
+                                            re.MULTILINE)}
+
+
+@pytest.mark.parametrize('program', sorted(_programs()))
+def test_help_lists_the_programs_own_flags_grouped_and_no_other(program, capsys):
+    main, own, shown = _programs()[program]
+    status, line = app.call(main, [program, '--help'], own)
+    text = capsys.readouterr().out
+    assert status == 0 and line == ''
+    listed = _listed(text)
+    assert set(shown) <= listed, text
+    assert listed == set(own)                       # the rest of ALL are other programs'
+    assert '--flagfile' in text and '--helpfull' in text
+    assert app.call(main, [program, '--helpshort'], own)[0] == 0
+    assert _listed(capsys.readouterr().out) == listed
+
+
+def test_the_trainers_help_is_in_the_groups_a_user_looks_for(capsys):
+    app.call(trainer.main, ['run_trainer.py', '--help'], flags.TRAINER)
+    text = capsys.readouterr().out
+    titles = re.findall(r'^(\S[^\n]*):$', text, re.MULTILINE)
+    assert titles == ['flags', 'data and network', 'recipe (stored in every checkpoint)',
+                      'run and devices', 'output']
+    group = text.split('\nrun and devices:\n')[1].split('\noutput:\n')
+    assert '--precision' in group[0] and '--devices' in group[0] and '--ckpt_path' in group[1]
+
+
+def test_helpfull_adds_absls_flags_only(capsys):
+    status, _ = app.call(evaluator.main, ['run_evaluator.py', '--helpfull'], flags.EVALUATOR)
+    text = capsys.readouterr().out
+    listed = _listed(text)
+    assert status == 0 and {'verbosity', 'flagfile', 'only_check_args'} <= listed
+    assert set(flags.EVALUATOR) <= listed
+    assert not listed & (set(flags.ALL) - set(flags.EVALUATOR))   # e.g. --num_iterations
+
+
+def test_a_foreign_flag_points_at_help():
+    from v2.tools import curves
+    status, line = app.call(curves.main, ['curves.py', '--num_iterations=3', 'run'],
+                            flags.CURVES)
+    assert (status, line) == (2, 'curves.py: error: --num_iterations is not a flag of curves.py '
+                                 '(see --help)')
+
+
+def test_every_flag_has_one_help_group():
+    grouped = [name for _, names in flags.HELP_GROUPS for name in names]
+    assert sorted(grouped) == sorted(flags.ALL)

@@ -279,3 +279,11 @@ def test_calibration_reports_last_and_best_and_the_temperatures_effect(session_d
     summary = json.loads((tmp_path / 'calibration.json').read_text())
     assert summary['results'][0]['runs'] == 2
     assert '| ResNet-8 v1 |' in (tmp_path / 'calibration.md').read_text()
+
+
+def test_switches_refuses_depths_it_would_ignore(session_data, tmp_path):
+    status, line = run('switches', '--data_path=%s' % session_data, '--out=%s' % tmp_path,
+                       '--work_dir=%s' % (tmp_path / 'work'), '--depths=8,14')
+    assert (status, line) == (1, 'experiments.py: error: --depths: switches trains one network; '
+                                 'give --num_layers')
+    assert not (tmp_path / 'work').exists()

@@ -1,7 +1,8 @@
 """Every flag of every command, defined once, and the configs they make.
 
 Each program lists the flags that are its own (TRAINER, EVALUATOR, BENCHMARK,
-EXPERIMENTS, FIGURES); app.parse refuses the others in one line. All of them can
+EXPERIMENTS, FIGURES, ...); app.parse refuses the others in one line, and --help lists
+them in HELP_GROUPS. All of them can
 be loaded in one process, so the tests run the programs side by side.
 `model_config`, `recipe` and `run_options` turn the parsed flags into the library's
 ModelConfig, Recipe and RunOptions.
@@ -213,9 +214,12 @@ flags.DEFINE_integer('rounds', 3, 'step_variants: rounds, each timing every vari
 flags.DEFINE_boolean('machine_readable', False, 'step_variants: print only the rates.')
 
 # --- the GPU report (python -m v2.tools.gpu_report) ---
-flags.DEFINE_float('budget_minutes', 8.0, 'gpu_report: rows of the speed table that would start '
-                   'after this many minutes are listed as not run.', lower_bound=0.0)
-flags.DEFINE_boolean('gpu_tier', True, 'gpu_report: run the GPU tier of the tests first.')
+flags.DEFINE_float('budget_minutes', 10.0, 'gpu_report: the whole report ends within this many '
+                   'minutes (and 30 s); a part that would not finish in time is skipped, one '
+                   'running at the deadline is stopped, each listed on the page with why.',
+                   lower_bound=0.0)
+flags.DEFINE_boolean('rehearse', False, 'gpu_report: run the same plan on the CPU at toy sizes '
+                     '(small nets, few steps), to try the deadline, the page and the signals.')
 
 # --- the experiments (python -m v2.tools.experiments) and figures ---
 flags.DEFINE_string('out', 'files', 'Folder for the figures, the CSV/JSON and the tables '
@@ -260,13 +264,34 @@ EXPERIMENTS = (DATA_AND_NETWORK + RECIPE + RUN
                + ('out', 'work_dir', 'depths', 'seeds', 'networks', 'reference', 'plot',
                   'switches'))
 STEP_VARIANTS = BENCHMARK + ('variants', 'rounds', 'machine_readable')
-GPU_REPORT = ('data_path', 'devices', 'tf32', 'depths', 'out', 'keras', 'warmup_steps', 'windows',
-              'window_steps', 'budget_minutes', 'gpu_tier')
+GPU_REPORT = ('data_path', 'devices', 'tf32', 'out', 'warmup_steps', 'windows', 'window_steps',
+              'budget_minutes', 'rehearse')
 FIGURES = ('out',)
 CURVES = ('png', 'title')
 CONVERT = ('image_folder', 'data_path', 'test_fraction')
+CATALOG = ()
 ALL = tuple(dict.fromkeys(TRAINER + EVALUATOR + BENCHMARK + STEP_VARIANTS + EXPERIMENTS
                           + FIGURES + GPU_REPORT + CURVES + CONVERT))
+
+# How --help groups a program's own flags, as a user thinks of them; every flag is in one group.
+HELP_GROUPS = (
+    ('data and network', ('data_path', 'dataset', 'coarse_labels', 'download', 'download_url',
+                          'download_md5', 'image_folder', 'test_fraction', 'model', 'num_layers',
+                          'resnet_version', 'bottleneck', 'shortcut_type', 'shortcut_connections',
+                          'strided_padding', 'widen_factor', 'dropout_rate')),
+    ('recipe (stored in every checkpoint)', RECIPE),
+    ('run and devices', ('precision', 'devices', 'distribution_strategy', 'cpu_devices',
+                         'jit_compile', 'prepare_batches', 'tf32', 'steps_per_call',
+                         'eval_batch_size', 'worker_timeout', 'log_per_iterations', 'save_every',
+                         'max_to_keep', 'eval_every', 'dry_run')),
+    ('evaluation', ('all_checkpoints', 'tta', 'averaged', 'temperature_scaling', 'images')),
+    ('timing', ('warmup_steps', 'windows', 'window_steps', 'keras', 'keras_precision',
+                'conv_bound', 'rss_steps', 'variants', 'rounds', 'machine_readable',
+                'budget_minutes', 'rehearse')),
+    ('the grid of runs', ('depths', 'seeds', 'networks', 'reference', 'switches')),
+    ('output', ('ckpt_path', 'log_path', 'output_json', 'reliability_png', 'export_dir', 'tflite',
+                'out', 'work_dir', 'plot', 'png', 'title')),
+)
 
 # Flags that do not apply to a family, refused when given explicitly.
 NOT_FOR = {

@@ -22,9 +22,10 @@ def main(argv):
     if FLAGS.download:
         download.download(model_config.dataset, data_path, FLAGS.download_url,
                           FLAGS.download_md5)
-    if FLAGS.dry_run:
+    if FLAGS.dry_run:                 # every check of a real run, devices included
+        model_config, data = loop.dry_run(model_config, recipe, options, data_path)
         print(model.summary(model.build(model_config)))
-        inputs.dry_run(model_config, recipe, data_path)
+        inputs.dry_run(model_config, recipe, data_path, data=data)
         return 0
     result = loop.train(model_config, recipe, options, data_path)
     if result.stopped_by:

@@ -89,6 +89,15 @@ def nvidia_driver() -> str | None:
 
 
 GPU_INSTALL = 'pip install -r requirements-gpu.txt (TensorFlow with its CUDA libraries)'
+# The largest CUDA allows for its cache of kernels compiled from PTX: on a card the wheel has
+# no machine code for (H100, H200) the driver compiles TensorFlow's kernels at first use, and
+# the cache keeps them for the next run only if they fit.
+CUDA_CACHE_BYTES = str(4 << 30)
+
+
+def keep_compiled_kernels():
+    """CUDA_CACHE_MAXSIZE at its largest unless it is set; it is read when CUDA starts."""
+    os.environ.setdefault('CUDA_CACHE_MAXSIZE', CUDA_CACHE_BYTES)
 
 
 def check_gpus_seen(physical, devices: Sequence[str], out: Callable):
@@ -123,6 +132,7 @@ def setup(strategy: str, devices: Sequence[str] = (), tf32: bool = True,
     mirrored: the GPUs --devices names, or all; multi_worker: all of this machine's.
     A run that names only CPUs (or splits the CPU) sees no GPU at all.
     """
+    keep_compiled_kernels()
     physical = tf.config.list_physical_devices('GPU')
     check_gpus_seen(physical, devices, out)
     wanted = _gpu_indices(devices)
@@ -173,6 +183,7 @@ def setup_for_evaluation(devices: Sequence[str] = (), out: Callable = print) -> 
     if len(devices) > 1:
         raise UserError('devices=%s: the evaluator uses one device' % ','.join(devices),
                         settings=('devices',))
+    keep_compiled_kernels()
     physical = tf.config.list_physical_devices('GPU')
     check_gpus_seen(physical, devices, out)
     wanted = _gpu_indices(devices)

@@ -114,5 +114,20 @@ def table():
     return '\n'.join(rows + [''] + notes)
 
 
-if __name__ == '__main__':
+def main(argv):
+    """Prints the table; it takes no flags and no arguments."""
+    from v2.errors import UserError
+    if len(argv) > 1:
+        raise UserError('unexpected arguments: %s (the catalog takes none)' % ' '.join(argv[1:]))
     sys.stdout.write(table() + '\n')
+    return 0
+
+
+def run():
+    """python -m v2.tools.catalog: any flag but absl's is refused in one line."""
+    from v2.cli import app, flags
+    app.run(main, flags.CATALOG)
+
+
+if __name__ == '__main__':
+    run()

@@ -1,17 +1,24 @@
-"""The runs behind the figures and tables, from a recipe in a flag file, each grid resumable.
+r"""The runs behind the figures and tables, from a recipe in a flag file, each grid resumable.
 
-  python -m v2.tools.experiments figure6 --flagfile=configs/figure6.flags --data_path=D
-  python -m v2.tools.experiments table --flagfile=configs/table.flags --data_path=D
-  python -m v2.tools.experiments switches --flagfile=configs/switches.flags --data_path=D
-  python -m v2.tools.experiments architecture
+  python -m v2.tools.experiments figure6 --flagfile=configs/figure6.flags --data_path=D \
+      --out=results
+  python -m v2.tools.experiments table --flagfile=configs/figure6.flags --data_path=D \
+      --out=results
+  python -m v2.tools.experiments switches --flagfile=configs/figure6.flags --data_path=D \
+      --num_layers=20 --out=results
+  python -m v2.tools.experiments architecture --out=results
 
-Each command takes the trainer's flags (the recipe, usually a flag file from
-configs/) plus --depths and --seeds, trains one run per point of its grid into
---work_dir (checkpoints, TensorBoard logs and the recorded points of every run), and
-writes its results into --out. Runs are resumable: an interrupted command picks up
-where it stopped, a finished one is not trained again, and a work_dir made with
-another recipe is refused. With --deterministic in the recipe the same flags give
-the same numbers.
+(D: the 2,500 real images of docs/reproduction.md.) Each command takes the trainer's
+flags (the recipe, usually a flag file from configs/) plus --seeds, and --depths
+(figure6, table, calibration) or --num_layers (switches: one network), trains one
+run per point of its grid into --work_dir (checkpoints, TensorBoard logs and the
+recorded points of every run), and writes its results into --out. The default --out
+is files/, the repository's own figures and tables, which a run there overwrites.
+With figure6's recipe, one seed of figure6 (four runs) takes about an hour on the
+2-core AMD EPYC, each switch of one seed about 15 minutes. Runs are resumable: an
+interrupted command picks up where it stopped, a finished one is not trained again,
+and a work_dir made with another recipe is refused. With --deterministic in the
+recipe the same flags give the same numbers.
 
 figure6: He et al. 2015, Figure 6. The plain and the residual net of every depth and
   seed; the training error (the mean over each logging window of the augmented
@@ -585,6 +592,8 @@ def main(argv):
     else:
         grid = read_grid(command)
         if command == 'switches':
+            if FLAGS['depths'].present:
+                raise UserError('--depths: switches trains one network; give --num_layers')
             chosen = list(FLAGS.switches) or list(SWITCHES)
             unknown = [s for s in chosen if s not in SWITCHES]
             if unknown:

@@ -2,6 +2,8 @@
 
   python -m v2.tools.figures files/figure6.csv files/architecture.json --out=files
 
+(this redraws, and so overwrites, the committed PNGs in files/; --out=results keeps them).
+
 Needs matplotlib, an optional dependency: pip install matplotlib (or
 pip install .[figures]). Kept apart from v2.experiments so that a figure can be
 redrawn, restyled or checked without training anything.

@@ -1,313 +1,583 @@
-"""One command for the first hour on a GPU: the card, the GPU tests, the numbers, one file.
+"""One command for a short GPU window: the card, the numbers that matter most, one page.
 
-  python -m v2.tools.gpu_report                 (about 8 minutes on one A100/H100-class card)
-  python -m v2.tools.gpu_report --nogpu_tier --depths=20
+  python -m v2.tools.gpu_report                       (10 minutes: --budget_minutes)
+  python -m v2.tools.gpu_report --rehearse --budget_minutes=2     (the same plan on the CPU)
 
-It prints, and writes as docs/gpu_<device>.md (--out):
-  1. the device, its driver and TensorFlow's build (CUDA, cuDNN, compute capabilities);
-  2. the GPU tier of the tests (python -m pytest -m gpu), its closing line;
-  3. the trainer's images/second (the real pipeline, v2.tools.benchmark's windows) for
-     ResNet-20/56/110 x float32 (TF32 on, TensorFlow's default) / bfloat16 x XLA on/off,
-     beside a Keras 3 model.fit of the same net at the same precision with Keras's own
-     XLA choice (benchmark.time_keras);
-  4. how busy the GPU is during the trainer's steps: the time its streams run kernels
-     over the time from the first kernel to the last, read from a profiler trace of
-     ResNet-20 (bfloat16 where the card has it, XLA) after warm-up;
-  5. the cost of one save of ResNet-110's state, and the projected time of the paper's
-     64,000-iteration ResNet-110 run at the fastest rate measured, with a save every
-     1,000 steps.
-It needs nothing from outside the repository: without --data_path it trains on random
-images in the CIFAR-10 layout (speed does not depend on the pixels). Rows that do not
-fit in --budget_minutes are listed as not run.
+It runs a fixed plan, most valuable first, under a hard deadline:
+  1. the device, its driver, TensorFlow's build and the cold start (the first op; the
+     first and second steps with XLA off and on);
+  2. ResNet-110 in the card's fast precision (bfloat16 from compute capability 8.0) with
+     XLA, one save of its state, and so the projected time of the paper's 64k-iteration run;
+  3. ResNet-20 with XLA on and off and with 10 steps a call, the first and the last under
+     the profiler (how busy the GPU is at that cadence); ResNet-56; ResNet-110 without XLA;
+  4. a Keras 3 `model.fit` of each net beside ours; then float32 (TF32);
+  5. the GPU tier of the tests (python -m pytest -m gpu), its slowest tests skipped when
+     the time left is short.
+Each part runs in a worker process (v2.tools.gpu_worker) that is killed when the deadline
+comes; before a part starts its cost is estimated from what was already measured, and a
+part that cannot finish is skipped with the reason. The page is written after every part
+(and on SIGTERM, SIGINT, an error or the deadline) with what was measured and why the rest
+was not; the exit status is 0 only when every planned part ran and the GPU tier passed.
+
+The page goes to --out, by default docs/ of the working directory when it is a checkout of
+this repository (an earlier page of the same card is kept: the new one gets a number).
+Without --data_path the nets train on random images in the CIFAR-10 layout (speed does
+not depend on the pixels). --rehearse runs the same plan, deadline, page and signal code
+on the CPU at toy sizes; only the device differs.
 """
 
 import dataclasses
 import datetime
-import glob
+import json
 import os
 import platform
+import queue
 import re
 import shutil
-import statistics
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-
-import tensorflow as tf
 
 from v2.cli import app, flags
 from v2.errors import UserError
-from v2.nets import model
 from v2.runtime import devices
-from v2.runtime import precision as precision_lib
-from v2.tools import benchmark
-from v2.training import loop
-from v2.training.recipe import Recipe, RunOptions
-from v2.training.state import TrainState
+from v2.tools import gpu_page
 
 FLAGS = flags.FLAGS
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PAPER_ITERATIONS = 64000           # He et al. 2015, section 4.2: 64k iterations at batch 128
-PROFILED = (40, 60)                # the steps of the profiler trace: after tracing and warm-up
+FINISH_S = 3.0                     # kept back from the deadline to finish the page
+PRIOR_SAVE_S = 5.0                 # a save's cost before one is measured
+GPU_TIER_PROCESSES = (18, 10)      # programs tests/test_gpu.py starts: all, and its short run
 
 
-def busy_share(space) -> float | None:
-    """Kernel time over wall time on the first GPU of a profiler XSpace, or None.
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """What the plan trains: three depths standing for 20, 56 and 110, a batch, the timing
+    windows (warm-up windows, timed windows, steps a window), the steps a call of the
+    multi-step row and the random data set's records (training, test)."""
+    depths: tuple
+    batch: int
+    timing: tuple
+    steps_per_call: int
+    records: tuple
 
-    The GPU's stream lines ('Stream #N...') hold one event per kernel or copy; the
-    kernels' intervals (copies and memsets left out) are merged, so that kernels that
-    overlap on several streams count once, and divided by the time from the first
-    kernel's start to the last one's end.
-    """
-    planes = [p for p in space.planes if p.name.startswith('/device:GPU:')]
-    if not planes:
-        return None
-    plane = sorted(planes, key=lambda p: p.name)[0]
-    names = {i: m.name for i, m in plane.event_metadata.items()}
-    intervals = []
-    for line in plane.lines:
-        if not line.name.startswith('Stream'):
-            continue
-        for event in line.events:
-            if re.search('memcpy|memset', names.get(event.metadata_id, ''), re.IGNORECASE):
+
+GPU_SIZES = Sizes((20, 56, 110), 128, (1, 5, 30), 10, (50000, 10000))
+REHEARSAL_SIZES = Sizes((8, 14, 20), 16, (1, 2, 3), 3, (640, 128))
+
+
+@dataclasses.dataclass
+class Part:
+    """One planned measurement: what the worker runs, and what came of it."""
+    kind: str                      # device, row, keras, save or gpu_tier
+    title: str
+    args: dict
+    status: str = 'waiting'        # waiting, running, done, failed, skipped, stopped, not run
+    why: str = ''
+    result: dict | None = None
+    seconds: float | None = None
+    smi: dict | None = None
+
+
+def fast_precision(device: dict) -> str:
+    """The precision a row runs fastest in: bfloat16 on CPUs and from compute capability
+    8.0, float16 from 7.0 (tensor cores), float32 before."""
+    capability = tuple(device.get('compute_capability') or ())
+    if device.get('kind') != 'GPU' or capability >= (8, 0):
+        return 'bfloat16'
+    return 'float16' if capability >= (7, 0) else 'float32'
+
+
+def device_part(sizes: Sizes, folder: str) -> Part:
+    return Part('device', 'the device and its cold start',
+                dict(depth=sizes.depths[0], batch=sizes.batch, precision='bfloat16',
+                     folder=folder))
+
+
+def plan(sizes: Sizes, fast: str, data_path: str, folder: str) -> list[Part]:
+    """The parts after the device, most valuable first."""
+    d20, d56, d110 = sizes.depths
+    timing = dict(timing=list(sizes.timing), batch=sizes.batch, data_path=data_path)
+
+    def row(depth, precision, xla, steps_per_call=1, profile=False):
+        title = 'ResNet-%d %s, XLA %s%s%s' % (
+            depth, precision, 'on' if xla else 'off',
+            ', %d steps a call' % steps_per_call if steps_per_call > 1 else '',
+            ', profiled' if profile else '')
+        return Part('row', title, dict(depth=depth, precision=precision, xla=xla,
+                                       steps_per_call=steps_per_call, profile=profile,
+                                       folder=folder, **timing))
+
+    def keras(depth, precision):
+        return Part('keras', 'Keras fit, ResNet-%d %s' % (depth, precision),
+                    dict(depth=depth, precision=precision, **timing))
+    parts = [row(d110, fast, True),
+             Part('save', 'one save of ResNet-%d\'s state' % d110,
+                  dict(depth=d110, batch=sizes.batch, folder=folder)),
+             row(d20, fast, True, profile=True), row(d20, fast, False),
+             row(d20, fast, True, sizes.steps_per_call, profile=True),
+             row(d56, fast, True), row(d56, fast, False), row(d110, fast, False),
+             keras(d20, fast), keras(d56, fast), keras(d110, fast)]
+    if fast != 'float32':
+        parts += [row(d, 'float32', xla) for d in (d20, d56, d110) for xla in (True, False)]
+        parts.append(keras(d20, 'float32'))
+    parts.append(Part('gpu_tier', 'the GPU tier (python -m pytest -m gpu)', {}))
+    return parts
+
+
+def _units(depth):
+    return max(depth - 2, 1)        # residual units (and so compile and step time) grow so
+
+
+def estimate(part: Part, parts: list[Part], worker_start_s: float) -> float:
+    """Seconds `part` will take, from what the parts before it measured (conservative)."""
+    done = [p for p in parts if p.status == 'done']
+    device = next((p for p in done if p.kind == 'device'), None)
+    if part.kind == 'device':
+        return 0.0                 # always run: nothing is known before it
+    if part.kind == 'save':
+        rows = [p for p in done if p.kind == 'row']
+        return min([PRIOR_SAVE_S] + [p.seconds for p in rows])
+    if part.kind == 'gpu_tier':
+        per_program = worker_start_s + (device.result['plain_steps_s'][0] if device else 10)
+        return per_program * GPU_TIER_PROCESSES[1]
+    depth = part.args['depth']
+    like = [p for p in done if p.kind == part.kind]
+    if part.kind == 'row':         # XLA's compile makes XLA rows cost more than the others
+        like = [p for p in like if p.args['xla'] == part.args['xla']] or like
+    factor = 1.0
+    if not like and part.kind == 'keras':
+        like, factor = [p for p in done if p.kind == 'row'], 2.0
+    if like:
+        return factor * max(p.seconds * _units(depth) / _units(p.args['depth']) for p in like)
+    if not device:
+        return float('inf')
+    r, ratio = device.result, _units(depth) / _units(device.args['depth'])
+    steps = (part.args['timing'][0] + part.args['timing'][1]) * part.args['timing'][2]
+    compile_s = max(r['xla_steps_s'][0], r['plain_steps_s'][0])
+    # What the device part spent besides its four steps (building the net and its state)
+    # stands for a row's own set-up.
+    overhead = max(device.seconds - sum(r['xla_steps_s'] + r['plain_steps_s']), 0)
+    return factor * ratio * (compile_s + steps * max(r['xla_steps_s'][1],
+                                                      r['plain_steps_s'][1])) + overhead
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived while the report ran."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class Deadline(Exception):
+    """The budget ran out while a part was running."""
+
+
+class WorkerDied(Exception):
+    """The worker process ended without answering (killed for memory, a crash)."""
+
+
+class Worker:
+    """A gpu_worker process: JSON requests in, one JSON answer a line out."""
+
+    def __init__(self, argv, env, log_path):
+        self.log = open(log_path, 'a')
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=self.log, text=True, env=env,
+                                        start_new_session=True)
+        self.answers = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.log_path = log_path
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.answers.put(line)
+        self.answers.put(None)
+
+    def receive(self, deadline, clock=time.monotonic):
+        """The next answer; Deadline when the clock passes `deadline` first."""
+        while True:
+            left = deadline - clock()
+            if left <= 0:
+                raise Deadline()
+            try:
+                line = self.answers.get(timeout=min(left, 0.5))
+            except queue.Empty:
                 continue
-            start = line.timestamp_ns * 1000 + event.offset_ps
-            intervals.append((start, start + event.duration_ps))
-    if not intervals:
-        return None
-    intervals.sort()
-    busy, (current_start, current_end) = 0, intervals[0]
-    for start, end in intervals[1:]:
-        if start > current_end:
-            busy += current_end - current_start
-            current_start, current_end = start, end
-        else:
-            current_end = max(current_end, end)
-    busy += current_end - current_start
-    return busy / (max(end for _, end in intervals) - intervals[0][0])
+            if line is None:
+                self.process.wait()
+                raise WorkerDied('the worker exited with status %s (%s)'
+                                 % (self.process.returncode, self.last_log_line()))
+            return json.loads(line)
+
+    def ask(self, kind, args, deadline):
+        self.process.stdin.write(json.dumps({'kind': kind, 'args': args}) + '\n')
+        self.process.stdin.flush()
+        return self.receive(deadline)
+
+    def last_log_line(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            lines = [line.strip() for line in f if line.strip()]
+        return lines[-1][:300] if lines else 'nothing in its log'
+
+    def kill(self):
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait()
+        self.log.close()
 
 
-def read_trace(folder):
-    """The XSpace of the newest trace under a profiler log folder."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-    paths = sorted(glob.glob(os.path.join(folder, 'plugins', 'profile', '*', '*.xplane.pb')))
-    if not paths:
-        return None
-    space = xplane_pb2.XSpace()
-    with open(paths[-1], 'rb') as f:
-        space.ParseFromString(f.read())
-    return space
+class Sampler:
+    """nvidia-smi's utilisation and memory of the card, sampled while a part runs."""
+
+    def __init__(self, command):
+        self.command = command
+        self.process = None
+        self.samples = []
+
+    def start(self):
+        self.samples = []
+        if not self.command:
+            return
+        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True)
+        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+
+    def _read(self, process):
+        for line in process.stdout:
+            numbers = [float(v) for v in re.findall(r'\d+(?:\.\d+)?', line)]
+            if len(numbers) >= 2 and '[N/A]' not in line:
+                self.samples.append(numbers[:2])
+
+    def stop(self):
+        """{util_mean, util_max, memory_max} of the samples, or None without any."""
+        if self.process:
+            self.process.terminate()
+            self.process.wait()
+            self.process = None
+        if not self.samples:
+            return None
+        util = [s[0] for s in self.samples]
+        return {'util_mean': sum(util) / len(util), 'util_max': max(util),
+                'memory_max': max(s[1] for s in self.samples)}
 
 
-def projected_hours(images_per_second, save_seconds, batch=128, iterations=PAPER_ITERATIONS,
-                    save_every=1000):
-    """Hours of a run: its steps at this rate, plus one save every save_every steps."""
-    return (iterations * batch / images_per_second
-            + iterations // save_every * save_seconds) / 3600
-
-
-@dataclasses.dataclass
-class Row:
-    depth: int
-    precision: str                   # asked for
-    xla: bool
-    computed: str = ''               # the dtype it ran in (float32 where bf16 is emulated)
-    trainer: float | None = None     # median images/second
-    keras: float | None = None
-    keras_xla: bool | None = None
-    note: str = ''
-
-
-def device_lines(used):
-    """The device, its driver and TensorFlow's build, as lines of text."""
-    build = tf.sysconfig.get_build_info()
-    lines = ['device: %s' % ', '.join(str(d) for d in used)]
+def smi_command():
     smi = shutil.which('nvidia-smi')
-    if smi:
-        query = subprocess.run([smi, '--query-gpu=name,driver_version,memory.total',
-                                '--format=csv,noheader'], capture_output=True, text=True)
-        lines.append('nvidia-smi: %s' % '; '.join(query.stdout.strip().splitlines()))
-    lines.append('TensorFlow %s (CUDA %s, cuDNN %s, built for %s), Python %s, %s'
-                 % (tf.__version__, build.get('cuda_version'), build.get('cudnn_version'),
-                    ' '.join(build.get('cuda_compute_capabilities', [])),
-                    platform.python_version(), platform.platform()))
-    return lines
-
-
-def gpu_tier():
-    """Runs python -m pytest -m gpu; (its closing line, its exit status)."""
-    run = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-m', 'gpu', '-p',
-                          'no:cacheprovider', 'tests'], cwd=ROOT, capture_output=True,
-                         text=True, timeout=1800)
-    lines = [line for line in run.stdout.splitlines() if line.strip()]
-    failures = [line for line in lines if line.startswith('FAILED')]
-    return (lines[-1] if lines else run.stderr[-500:]), run.returncode, failures
+    return [smi, '--query-gpu=utilization.gpu,memory.used', '--format=csv,noheader,nounits',
+            '--id=0', '-lms', '200'] if smi else None
 
 
 @dataclasses.dataclass
-class Bench:
-    """What every measurement of the report shares: the devices, the data, a scratch folder,
-    the timing windows, and the recipe and run options the flags give."""
-    used: list
+class Report:
+    """A run of the plan: the parts, the page and the deadline, and how to start workers."""
+    parts: list
+    page: str
+    deadline: float
+    budget_s: float
+    title: str
+    header: list
+    command: str
+    rehearsal: bool
+    worker_argv: list
+    worker_env: dict
+    log_path: str
+    sizes: Sizes
     data_path: str
     folder: str
-    timing: benchmark.Timing
-    recipe: Recipe
-    options: RunOptions
+    checkout: str | None
+    timing_note: str
+    sampler: Sampler
+    build: dict = dataclasses.field(default_factory=dict)   # tf.sysconfig.get_build_info()
+    driver: str | None = None                                # nvidia-smi's driver version
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    worker: Worker | None = None
+    part_started: float = 0.0
+    worker_start_s: float | None = None
+    stopped_by: str = ''
+    date: str = dataclasses.field(default_factory=lambda: datetime.date.today().isoformat())
+    out: object = print
 
-    def run_options(self, name, **changes):
-        return dataclasses.replace(self.options, ckpt_path=os.path.join(self.folder, name),
-                                   log_path=os.path.join(self.folder, 'logs'), **changes)
+    def progress(self):
+        elapsed = time.monotonic() - self.started
+        done = sum(p.status == 'done' for p in self.parts)
+        state = ('complete: every planned part ran' if done == len(self.parts) else
+                 'in progress (this page is written after every part)'
+                 if any(p.status in ('waiting', 'running') for p in self.parts) else
+                 'incomplete: %d of %d parts ran%s' % (
+                     done, len(self.parts), ', stopped by %s' % self.stopped_by
+                     if self.stopped_by else ''))
+        return '%s; %.0f s of a %g-minute budget' % (state, elapsed, self.budget_s / 60)
+
+    def write(self):
+        """The page as it stands, replaced in one rename so that it is always whole."""
+        text = gpu_page.markdown(self)
+        partial = self.page + '.partial'
+        with open(partial, 'w') as f:
+            f.write(text)
+        os.replace(partial, self.page)
+        return text
+
+    def left(self):
+        return self.deadline - time.monotonic() - FINISH_S
+
+    def _worker(self):
+        if self.worker is None or self.worker.process.poll() is not None:
+            start = time.monotonic()
+            self.worker = Worker(self.worker_argv, self.worker_env, self.log_path)
+            hello = self.worker.receive(self.deadline - FINISH_S)
+            self.worker_start_s = time.monotonic() - start
+            self.out('worker ready in %.1f s on %s' % (self.worker_start_s,
+                                                       ', '.join(hello['devices'])))
+        return self.worker
+
+    def _stop_worker(self):
+        if self.worker is not None:
+            self.worker.kill()
+            self.worker = None
+
+    def run_part(self, part):
+        """Runs one part through the worker (the GPU tier as its own process)."""
+        if part.kind == 'gpu_tier':
+            self._stop_worker()    # the card's memory back for the tier's programs
+            part.result = self.gpu_tier(part)
+            return
+        worker = self._worker()
+        answer = worker.ask(part.kind, part.args, self.deadline - FINISH_S)
+        if 'error' in answer:
+            raise PartFailed(answer['error'])
+        part.result = answer
+
+    def gpu_tier(self, part):
+        if not self.checkout:
+            raise PartFailed('not available: the working directory is not a checkout of this '
+                             'repository, whose tests/ the tier runs')
+        full = GPU_TIER_PROCESSES[0] / GPU_TIER_PROCESSES[1] * estimate(part, self.parts,
+                                                                       self.worker_start_s or 10)
+        short = full > self.left()
+        env = dict(self.worker_env, CIFAR_GPU_TIER_SHORT='1' if short else '')
+        try:
+            run = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-rfs', '-m', 'gpu', '-p',
+                                  'no:cacheprovider', 'tests'], cwd=self.checkout, env=env,
+                                 capture_output=True, text=True, timeout=max(self.left(), 1),
+                                 start_new_session=True)
+        except subprocess.TimeoutExpired:
+            raise Deadline() from None
+        lines = [line for line in run.stdout.splitlines() if line.strip()]
+        result = {'closing': lines[-1] if lines else run.stderr[-300:],
+                  'failures': [line for line in lines if line.startswith('FAILED')],
+                  'short': ('about %.0f s needed, %.0f s left' % (full, self.left() + 0))
+                  if short else '', 'returncode': run.returncode}
+        if run.returncode not in (0, 5):
+            part.result = result
+            raise PartFailed('the tier failed: %s' % result['closing'])
+        return result
+
+    def replan(self, device):
+        fast = fast_precision(device.result)
+        if fast != 'bfloat16':
+            self.out('%s has no fast bfloat16: the rows run in %s' % (device.result['name'],
+                                                                       fast))
+            self.parts[1:] = plan(self.sizes, fast, self.data_path, self.folder)
+        self.header.extend(gpu_page.compile_warnings(
+            device.result.get('compute_capability'), self.build.get('cuda_compute_capabilities'),
+            self.build.get('cuda_version'), self.driver))
+
+    def run(self):
+        """Every part in turn, under the deadline and the signals; the exit status."""
+        def stop(signum, frame):
+            raise Stopped(signum)
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        index = 0
+        try:
+            self.write()
+            while index < len(self.parts):
+                part = self.parts[index]
+                index += 1
+                needed = estimate(part, self.parts, self.worker_start_s or 0)
+                if needed > self.left():
+                    part.status, part.why = 'skipped', (
+                        'needs about %.0f s by what was measured; %.0f s were left'
+                        % (needed, max(self.left(), 0)))
+                    self.out('%s: %s' % (part.title, part.why))
+                    self.write()
+                    continue
+                part.status = 'running'
+                self.write()
+                self.sampler.start()
+                start = self.part_started = time.monotonic()
+                try:
+                    self.run_part(part)
+                    part.status = 'done'
+                except PartFailed as e:
+                    part.status, part.why = 'failed', str(e)
+                except WorkerDied as e:
+                    part.status, part.why = 'failed', str(e)
+                    self._stop_worker()
+                finally:
+                    part.seconds = time.monotonic() - start
+                    part.smi = self.sampler.stop()
+                self.out('%s: %s' % (part.title, gpu_page._status(part)))
+                if part.kind == 'device' and part.status == 'done':
+                    self.replan(part)
+                elif part.kind == 'device':
+                    self._finish('stopped', '', 'the device part failed')
+                self.write()
+        except Deadline:
+            self._finish('stopped', 'at the deadline', 'the budget was spent')
+        except Stopped as e:
+            self.stopped_by = str(e)
+            self._finish('stopped', 'by %s' % e, str(e))
+        except BaseException as e:
+            self._finish('stopped', 'the report failed: %s' % e, 'the report failed')
+            raise
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self._stop_worker()
+            self.sampler.stop()
+            self.write()
+            self.keep_log()
+        return 0 if all(p.status == 'done' for p in self.parts) else 1
+
+    def _finish(self, status, why_running, why_waiting):
+        for part in self.parts:
+            if part.status == 'running':
+                part.status, part.why = status, '%s after %.0f s' % (
+                    why_running, time.monotonic() - self.part_started)
+            elif part.status == 'waiting':
+                part.status, part.why = 'not run', why_waiting
+        self.out('report: %s' % (why_running or why_waiting))
+
+    def keep_log(self):
+        """The worker's log beside the page when a part failed, so its traceback is kept."""
+        if any(p.status == 'failed' for p in self.parts) and os.path.exists(self.log_path):
+            shutil.copyfile(self.log_path, self.page[:-len('.md')] + '.log')
 
 
-def measure_rows(rows, bench, deadline, keras=True, out=print):
-    """Fills each Row in turn with the trainer's and Keras's rates, until the deadline."""
-    for row in rows:
-        if time.monotonic() > deadline:
-            row.note = 'not run: past --budget_minutes'
-            continue
-        config = model.ModelConfig(num_layers=row.depth)
-        recipe = dataclasses.replace(bench.recipe, precision=row.precision)
-        row.computed = precision_lib.compute_dtype(row.precision, bench.used,
-                                                   warn=lambda line: None).name
-        options = bench.run_options('ckpt-%d-%s-%d' % (row.depth, row.precision, row.xla),
-                                    jit_compile=row.xla)
-        row.trainer = statistics.median(benchmark.time_trainer(config, recipe, options,
-                                                               bench.data_path, bench.timing))
-        if keras and not row.xla:          # one Keras row per depth and precision
-            rates, row.keras_xla = benchmark.time_keras(config, recipe, bench.data_path,
-                                                        row.computed, bench.timing)
-            row.keras = statistics.median(rates)
-        out('ResNet-%d %s XLA %s: %.0f img/s%s' % (
-            row.depth, row.computed, 'on' if row.xla else 'off', row.trainer,
-            '; Keras fit %.0f img/s' % row.keras if row.keras else ''))
+class PartFailed(Exception):
+    """A part that ran and failed (its error in one line); the report goes on."""
 
 
-def profile_busy(bench, precision, steps=PROFILED):
-    """The busy share of the GPU over steps[0]..steps[1] of a real ResNet-20 run (XLA on)."""
-    logdir = os.path.join(bench.folder, 'profile')
-    recipe = dataclasses.replace(bench.recipe, precision=precision, num_iterations=steps[1] + 10)
-    options = bench.run_options('ckpt-profile', jit_compile=True, log_per_iterations=10,
-                                save_every=10 ** 9)
-
-    def on_step(step):
-        if step == steps[0]:
-            tf.profiler.experimental.start(logdir)
-        elif step == steps[1]:
-            tf.profiler.experimental.stop()
-    loop.train(model.ModelConfig(num_layers=20), recipe, options, bench.data_path,
-               out=lambda line: None, on_step=on_step)
-    space = read_trace(logdir)
-    return busy_share(space) if space is not None else None
+def checkout_root(folder: str) -> str | None:
+    """`folder` if it is a checkout of this repository (its tests and this tool), else None."""
+    needed = ('README.md', 'tests/test_gpu.py', 'v2/tools/gpu_report.py')
+    return folder if all(os.path.exists(os.path.join(folder, p)) for p in needed) else None
 
 
-def save_seconds(bench, repeats=3):
-    """Median seconds of one save of ResNet-110's state (weights, momenta, statistics)."""
-    config = model.ModelConfig(num_layers=110)
-    state = TrainState.create(config, bench.recipe, tf.distribute.get_strategy(), tf.float32,
-                              tf.zeros([32, 32, 3]).numpy())
-    manager = tf.train.CheckpointManager(state.checkpoint(bench.recipe),
-                                         os.path.join(bench.folder, 'save'), max_to_keep=1)
-    manager.save()                                      # the first save builds its graph
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        manager.save()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def page_path(folder: str, slug: str) -> str:
+    """<folder>/gpu_<slug>.md, or gpu_<slug>-N.md with the first free N: an earlier page of
+    the same card (perhaps the only one there will be) is never overwritten."""
+    path, n = os.path.join(folder, 'gpu_%s.md' % slug), 2
+    while os.path.exists(path):
+        path, n = os.path.join(folder, 'gpu_%s-%d.md' % (slug, n)), n + 1
+    return path
 
 
-def markdown(header, tier, rows, busy, save, timing, busy_precision, batch=128,
-             profiled=PROFILED):
-    """The report as Markdown, with the commands that made it."""
-    lines = ['# %s' % header[0].replace('device: ', ''), '',
-             'Written by `python -m v2.tools.gpu_report %s` on %s.'
-             % (' '.join(sys.argv[1:]), datetime.date.today().isoformat()), '']
-    lines += ['- %s' % line for line in header] + ['']
-    lines += ['## The GPU tier', '', '`python -m pytest -m gpu`: %s' % tier[0]]
-    lines += [''] + ['- %s' % failure for failure in tier[2]]
-    lines += ['', '## Training speed', '',
-              'Images/second of the trainer on its real input pipeline (median of %d windows '
-              'of %d steps after %d warm-up steps, batch %d), and of a Keras 3 `model.fit` of '
-              'the same net at the same precision, with uint8 batches augmented by Keras '
-              'layers inside the model and Keras\'s own XLA choice (`jit_compile=\'auto\'`). '
-              'float32 runs with TF32, TensorFlow\'s default.'
-              % (timing.windows, timing.steps, timing.warmup_windows * timing.steps, batch), '',
-              '| network | precision | XLA | trainer img/s | Keras fit img/s | trainer / Keras |',
-              '|---|---|---|---:|---:|---:|']
-    keras = {(r.depth, r.computed): r for r in rows if r.keras}
-    for r in rows:
-        if r.trainer is None:
-            lines.append('| ResNet-%d | %s | %s | %s | | |' % (r.depth, r.precision,
-                                                               'on' if r.xla else 'off', r.note))
-            continue
-        k = keras.get((r.depth, r.computed))
-        lines.append('| ResNet-%d | %s | %s | %.0f | %s | %s |' % (
-            r.depth, r.computed, 'on' if r.xla else 'off', r.trainer,
-            '%.0f%s' % (k.keras, ' (XLA)' if k.keras_xla else '') if k else '',
-            '%.2fx' % (r.trainer / k.keras) if k else ''))
-    lines += ['', '## The GPU during a step', '']
-    lines.append('Busy share (kernel time over wall time, from a profiler trace of steps %d-%d '
-                 'of ResNet-20, %s, XLA on): %s'
-                 % (*profiled, busy_precision, '%.0f%%' % (100 * busy) if busy is not None
-                    else 'not measured'))
-    best = max((r for r in rows if r.depth == 110 and r.trainer), key=lambda r: r.trainer,
-               default=None)
-    lines += ['', 'One save of ResNet-110\'s state: %.2f s.' % save]
-    if best:
-        lines.append('Projected time of the paper\'s 64,000-iteration ResNet-110 run at %.0f '
-                     'img/s (%s, XLA %s), with a save every 1,000 steps: %.1f hours.'
-                     % (best.trainer, best.computed, 'on' if best.xla else 'off',
-                        projected_hours(best.trainer, save, batch)))
-    return '\n'.join(lines) + '\n'
+def machine_lines(build, rehearsal):
+    """The machine's lines of the page: the card and driver, TensorFlow's build, Python."""
+    lines = []
+    smi = shutil.which('nvidia-smi')
+    driver = None
+    if smi and not rehearsal:
+        query = subprocess.run([smi, '--query-gpu=name,driver_version,memory.total',
+                                '--format=csv,noheader'], capture_output=True, text=True)
+        cards = query.stdout.strip().splitlines()
+        lines.append('nvidia-smi: %s' % ('; '.join(cards) or query.stderr.strip()[:200]))
+        if cards and len(cards[0].split(',')) >= 2:
+            driver = cards[0].split(',')[1].strip()
+    lines.append('TensorFlow %s (CUDA %s, cuDNN %s, built for %s), Python %s, %s' % (
+        build.get('version'), build.get('cuda_version'), build.get('cudnn_version'),
+        ' '.join(build.get('cuda_compute_capabilities', [])), platform.python_version(),
+        platform.platform()))
+    return lines, driver
 
 
 def main(argv):
     del argv
-    used = devices.setup('default', tuple(FLAGS.devices), FLAGS.tf32)
-    if not any(d.kind == 'GPU' for d in used):
-        raise UserError('TensorFlow sees no GPU here; gpu_report measures one (%s)'
-                        % devices.GPU_INSTALL)
+    import tensorflow as tf
+    rehearsal = FLAGS.rehearse
+    checkout = checkout_root(os.getcwd())
+    if FLAGS['out'].present:
+        out_folder = FLAGS.out
+    elif checkout:
+        out_folder = os.path.join(checkout, 'docs')
+    else:
+        raise UserError('the working directory is not a checkout of this repository; say '
+                        'where the page goes with --out=FOLDER', settings=('out',))
+    if not os.path.isdir(out_folder):
+        raise UserError('out=%s: no such folder' % out_folder, settings=('out',))
+    devices.keep_compiled_kernels()                 # before CUDA starts, here and in workers
+    gpus = tf.config.list_physical_devices('GPU')
+    if not gpus and not rehearsal:
+        raise UserError('TensorFlow sees no GPU here; gpu_report measures one (%s); '
+                        '--rehearse runs its plan on the CPU' % devices.GPU_INSTALL)
+    build = dict(tf.sysconfig.get_build_info(), version=tf.__version__)
+    sizes = REHEARSAL_SIZES if rehearsal else GPU_SIZES
+    timing = list(sizes.timing)
+    if FLAGS['window_steps'].present or not rehearsal:
+        timing[2] = FLAGS.window_steps
+    if FLAGS['windows'].present or not rehearsal:
+        timing[1] = FLAGS.windows
+    if FLAGS['warmup_steps'].present or not rehearsal:
+        timing[0] = -(-FLAGS.warmup_steps // timing[2])
+    sizes = dataclasses.replace(sizes, timing=tuple(timing))
+    header, driver = machine_lines(build, rehearsal)
+    if rehearsal:
+        header.insert(0, 'rehearsal on the CPU: %s' % devices.cpu_info()[0])
+        name, slug = 'Rehearsal of the GPU report on the CPU', 'rehearsal'
+    else:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        name = details.get('device_name') or 'GPU'
+        slug = re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')
+        name = 'GPU report: %s' % name
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
+        + [p for p in [env.get('PYTHONPATH')] if p])
+    if rehearsal:
+        env['CUDA_VISIBLE_DEVICES'] = '-1'
+    page = page_path(out_folder, slug)
+    budget_s = 60 * FLAGS.budget_minutes
     started = time.monotonic()
-    deadline = started + 60 * FLAGS.budget_minutes
-    header = device_lines(used)
-    for line in header:
-        print(line, flush=True)
-    tier = ('not run (--nogpu_tier)', 0, [])
-    if FLAGS.gpu_tier:
-        tier = gpu_tier()
-        print('GPU tier: %s' % tier[0], flush=True)
-    timing = benchmark.Timing(-(-FLAGS.warmup_steps // FLAGS.window_steps), FLAGS.windows,
-                              FLAGS.window_steps)
-    depths = FLAGS.depths if FLAGS['depths'].present else ['20', '56', '110']
-    rows = [Row(int(depth), precision, xla) for depth in depths
-            for precision in ('bfloat16', 'float32') for xla in (True, False)]
-    busy_precision = precision_lib.compute_dtype('bfloat16', used, warn=lambda line: None).name
-    recipe = flags.recipe()
     with tempfile.TemporaryDirectory() as folder:
         data_path = FLAGS.data_path
         if not data_path:
+            from v2.tools import benchmark
             data_path = os.path.join(folder, 'data')
             os.makedirs(data_path)
-            benchmark.write_random_cifar10(data_path)
-        bench = Bench(used, data_path, folder, timing, recipe,
-                      flags.run_options(model.ModelConfig(num_layers=20)))
-        measure_rows(rows, bench, deadline, FLAGS.keras)
-        busy = profile_busy(bench, busy_precision)
-        print('GPU busy during ResNet-20 steps: %s'
-              % ('%.0f%%' % (100 * busy) if busy is not None else 'not measured'))
-        save = save_seconds(bench)
-    text = markdown(header, tier, rows, busy, save, timing, busy_precision, recipe.batch_size)
-    slug = re.sub(r'[^a-z0-9]+', '-', used[0].description.lower()).strip('-')
-    folder = FLAGS.out if FLAGS['out'].present else os.path.join(ROOT, 'docs')
-    path = os.path.join(folder, 'gpu_%s.md' % slug)
-    os.makedirs(folder, exist_ok=True)
-    with open(path, 'w') as f:
-        f.write(text)
-    print(text)
-    print('wrote %s in %.1f minutes' % (path, (time.monotonic() - started) / 60))
-    return 0 if tier[1] in (0, 5) else 1
+            benchmark.write_random_cifar10(data_path, *sizes.records)
+        report = Report(
+            parts=[device_part(sizes, folder)] + plan(sizes, 'bfloat16', data_path, folder),
+            page=page, deadline=started + budget_s, budget_s=budget_s, title=name,
+            header=header, command='python -m v2.tools.gpu_report %s' % ' '.join(sys.argv[1:]),
+            rehearsal=rehearsal,
+            worker_argv=[sys.executable, '-m', 'v2.tools.gpu_worker',
+                         json.dumps({'devices': list(FLAGS.devices), 'tf32': FLAGS.tf32})],
+            worker_env=env, log_path=os.path.join(folder, 'worker.log'), sizes=sizes,
+            data_path=data_path, folder=folder, checkout=checkout,
+            sampler=Sampler(None if rehearsal else smi_command()),
+            timing_note='Images/second of the trainer on its real input pipeline and loop '
+                        '(median of %d windows of %d steps after %d warm-up steps, batch %d, '
+                        'one host read a window).' % (sizes.timing[1], sizes.timing[2],
+                                                       sizes.timing[0] * sizes.timing[2],
+                                                       sizes.batch),
+            build=build, driver=driver, started=started,
+            out=lambda line: print(line, flush=True))
+        print('%s: writing %s as it goes (budget %.1f minutes)' % (name, page,
+                                                                 FLAGS.budget_minutes),
+              flush=True)
+        status = report.run()
+    print('wrote %s in %.1f minutes: %s' % (page, (time.monotonic() - started) / 60,
+                                            report.progress()))
+    return status
 
 
 def run():

@@ -68,9 +68,10 @@ def training_batches(data, recipe, start, on_host, mean):
                                   start, recipe.num_iterations)
 
 
-def dry_run(model_config, recipe, data_path, out=print):
-    """Checks the data and builds the input pipeline without training; prints what it found."""
-    data = load_training_data(model_config, recipe, data_path)
+def dry_run(model_config, recipe, data_path, out=print, data=None):
+    """Checks the data (unless `data` is the checked TrainingData) and builds the input
+    pipeline without training; prints what it found."""
+    data = data or load_training_data(model_config, recipe, data_path)
     batches = pipeline.train_batches(data.images, data.labels, recipe.batch_size, recipe.seed,
                                      0, recipe.num_iterations)
     batch_images, _ = next(iter(batches))

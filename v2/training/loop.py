@@ -17,7 +17,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from v2.errors import UserError
-from v2.nets.model import ModelConfig, count_parameters
+from v2.nets.model import ModelConfig, build, count_parameters
 from v2.runtime import devices, distribution, lock, memory, precision
 from v2.training import actions, inputs, preflight, record
 from v2.training.recipe import Recipe, RunOptions
@@ -113,8 +113,8 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
         else:                       # the other workers write only into a scratch folder
             run_lock = lock.RunLock(folders.scratch, 'scratch', setup.out).acquire()
             logs_before = None
-        return _train_in(setup, data, folders, model_config, recipe, options, on_step,
-                         on_record, logs_before)
+        return _train_in(setup, data, data_path, folders, model_config, recipe, options,
+                         on_step, on_record, logs_before)
     finally:
         if run_lock:
             run_lock.release()
@@ -142,8 +142,8 @@ def _forget_new_logs(folder, before):
             os.remove(path)
 
 
-def _train_in(setup, data, folders, model_config, recipe, options, on_step, on_record,
-              logs_before):
+def _train_in(setup, data, data_path, folders, model_config, recipe, options, on_step,
+              on_record, logs_before):
     """train() once the folder is this run's: restore, then the loop; out of device
     memory is one line naming the last good checkpoint (logs_before: the log folder's
     paths before this run, to leave it as it was when memory runs out before the first
@@ -159,11 +159,10 @@ def _train_in(setup, data, folders, model_config, recipe, options, on_step, on_r
         start = result.step = int(state.step.numpy())
         if cluster.multi_worker:
             distribution.check_same_step(cluster, state.step, options.ckpt_path)
-        out('%s: %s trainable parameters; %d training images, batch %d, %s, %s; %s'
-            % (model_config.describe(), format(count_parameters(state.model), ','),
-               data.images.shape[0], recipe.batch_size, dtype.name, cluster.describe(setup.used),
-               'resuming at step %d from %s' % (start, saved.prefix) if saved
-               else 'starting at step 0'))
+        out(first_line(model_config, count_parameters(state.model), data, data_path, recipe,
+                       dtype, setup, 'resuming at step %d from %s' % (start, saved.prefix)
+                       if saved else 'starting at step 0'))
+        _say_faster_precision(recipe, dtype, setup)
         if start >= recipe.num_iterations:
             out('step %d already reaches num_iterations=%d: nothing to train'
                 % (start, recipe.num_iterations))
@@ -213,6 +212,46 @@ def _train_in(setup, data, folders, model_config, recipe, options, on_step, on_r
         out('weights digest %s (the same on every worker of a synchronous run)'
             % distribution.weights_digest(cluster, state.model.trainable_variables))
     return result
+
+
+def first_line(model_config, parameters, data, data_path, recipe, dtype, setup, where):
+    """What the run computes, where and how: the network, the data, the devices, the precision
+    as computed, XLA, where batches are prepared, and the step it starts from."""
+    return ('%s: %s trainable parameters; %s training images in %s, batch %d; %s; %s, XLA %s, '
+            'batches prepared on the %s; %s'
+            % (model_config.describe(), format(parameters, ','),
+               format(int(data.images.shape[0]), ','), data_path,
+               recipe.batch_size, setup.cluster.describe(setup.used), dtype.name,
+               'on' if setup.jit else 'off', 'host' if setup.on_host else 'device', where))
+
+
+def _say_faster_precision(recipe, dtype, setup):
+    hint = precision.faster_hint(recipe.precision, dtype, setup.used)
+    if hint and setup.cluster.is_chief:
+        setup.out(hint)
+
+
+def dry_run(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_path: str,
+            out: Callable = print):
+    """Every check train() makes before its first step, writing nothing: the devices and the
+    strategy, XLA, the data, the folders and a checkpoint already there. Prints the run's
+    first line; returns (the model_config it would train, the TrainingData)."""
+    setup = set_up(model_config, recipe, options, out)
+    data = inputs.load_training_data(model_config, recipe, data_path,
+                                     evaluate=bool(options.eval_every))
+    saved = None
+    for path, setting in ((options.ckpt_path, 'ckpt_path'), (options.logs, 'log_path')):
+        preflight.check_folder(path, setting)
+    if os.path.isdir(options.ckpt_path):
+        saved, model_config = preflight.checkpoint_there(options.ckpt_path, model_config,
+                                                         setup.out, may_write=False)
+    dtype = precision.compute_dtype(recipe.precision, setup.used, warn=setup.out)
+    parameters = count_parameters(build(model_config))
+    setup.out(first_line(model_config, parameters, data, data_path, recipe, dtype, setup,
+                         'dry run: would resume at step %d from %s' % (saved.step, saved.prefix)
+                         if saved else 'dry run: would start at step 0'))
+    _say_faster_precision(recipe, dtype, setup)
+    return model_config, data
 
 
 def _restored_state(setup, model_config, recipe, options, data, saved):

@@ -29,6 +29,22 @@ def prepare_folder(path, setting):
                         settings=(setting,)) from None
 
 
+def check_folder(path, setting):
+    """prepare_folder's checks without creating anything (a dry run): `path`, or the nearest
+    folder above it that exists, is a folder that can be written."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError('%s=%s is a file; it must be a folder' % (setting, existing)
+                        if existing == os.path.abspath(path) else
+                        '%s=%s: %s is a file; it must be a folder' % (setting, path, existing),
+                        settings=(setting,))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError('%s=%s: cannot write there (%s is not writable)'
+                        % (setting, path, existing), settings=(setting,))
+
+
 def check_free_space(path, ckpt_bytes, keep):
     """Refuses to start when the folder cannot hold the checkpoints it will keep."""
     free = shutil.disk_usage(path).free
