@@ -160,6 +160,19 @@ def test_when_no_checkpoint_reads_the_trainer_refuses_and_touches_nothing(traine
     assert snapshot(ckpt) == before
 
 
+def test_a_dry_run_over_a_torn_checkpoint_says_so_and_renames_nothing(trained_copy, session_data,
+                                                                      capsys):
+    ckpt = trained_copy / 'ckpt'
+    truncate(ckpt / 'ckpt-6.data-00000-of-00001')
+    before = snapshot(ckpt)
+    status, line = train_in_process(*trainer_args(session_data, ckpt), '--dry_run')
+    assert status == 0, line
+    out = capsys.readouterr().out
+    assert ('note: %s: not a readable checkpoint of this trainer' % (ckpt / 'ckpt-6')) in out
+    assert 'would resume at step 3 from %s' % (ckpt / 'ckpt-3') in out
+    assert snapshot(ckpt) == before
+
+
 def test_the_evaluator_reports_a_torn_checkpoint_and_evaluates_the_others(trained_copy,
                                                                           session_data, capsys):
     ckpt = trained_copy / 'ckpt'

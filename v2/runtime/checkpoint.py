@@ -272,7 +272,8 @@ def newest_readable(folder, out=print, may_write=True):
                     state.last_preserved_timestamp or None)
     elif unreadable:
         for _, error in unreadable:
-            out('note: %s; skipped, resuming from %s' % (str(error), saved.prefix))
+            out('note: %s; skipped here (the run that writes this folder sets it aside), '
+                'resuming from %s' % (str(error), saved.prefix))
     return saved
 
 
