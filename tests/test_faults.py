@@ -105,6 +105,30 @@ def test_without_file_locks_the_holders_process_decides(tmp_path, monkeypatch, h
         assert not path.exists()
 
 
+@pytest.mark.parametrize('busy', [True, False])
+def test_another_users_lock_is_named_busy_or_left_behind(tmp_path, monkeypatch, busy):
+    path = tmp_path / lock.FILE
+    path.write_text('pid=4242 host=gpu3 since=2026-01-01T00:00:00Z\n')
+    real_open = os.open
+
+    def open_as_another_user(name, flags, *args):
+        if str(name) == str(path) and flags & os.O_RDWR:
+            raise PermissionError(errno.EACCES, 'Permission denied')
+        return real_open(name, flags, *args)
+    monkeypatch.setattr(lock.os, 'open', open_as_another_user)
+    holder = real_open(path, os.O_RDONLY)
+    try:
+        if busy:
+            lock.fcntl.flock(holder, lock.fcntl.LOCK_EX)
+        with pytest.raises(UserError) as caught:
+            lock.RunLock(str(tmp_path), out=quiet).acquire()
+    finally:
+        os.close(holder)
+    assert ('is in use by another trainer (pid 4242 on host gpu3' if busy else
+            'its lock %s, left by pid 4242 on host gpu3, since 2026-01-01T00:00:00Z, cannot be '
+            'written by this user; delete it if that run has ended' % path) in str(caught.value)
+
+
 # --- a torn newest checkpoint ----------------------------------------------------------------
 
 def _killed_at(step):

@@ -78,10 +78,37 @@ class RunLock:
                         % (self.setting, self.folder, describe(holder), why),
                         settings=(self.setting,))
 
+    def _refuse_unwritable(self):
+        """The lock file is another user's: busy if its flock is held, else left behind."""
+        holder, busy = {}, False
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            fd = None
+        if fd is not None:
+            try:
+                holder = self._read(fd)
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                busy = True
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        if busy:
+            self._refuse(holder)
+        raise UserError('%s=%s: its lock %s, left by %s, cannot be written by this user; delete '
+                        'it if that run has ended' % (self.setting, self.folder, self.path,
+                                                      describe(holder)),
+                        settings=(self.setting,))
+
     def acquire(self):
         """Takes the lock, or raises UserError naming its holder; returns self."""
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except PermissionError:
+                self._refuse_unwritable()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 locked = True
