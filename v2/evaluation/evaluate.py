@@ -21,7 +21,7 @@ from v2.data import cifar, pipeline
 from v2.errors import UserError
 from v2.evaluation.calibration import Calibration, at_bound, fit_temperature
 from v2.nets.model import build
-from v2.runtime import checkpoint
+from v2.runtime import checkpoint, memory
 from v2.runtime import devices as devices_lib
 from v2.runtime import precision as precision_lib
 from v2.runtime.ema import WeightAverage
@@ -197,6 +197,25 @@ def checkpoints_named(ckpt_path, all_checkpoints=False):
     return named
 
 
+def readable(named, skip_unreadable, out=print):
+    """(named, their checkpoint.Saved) with, where skip_unreadable, each checkpoint whose
+    metadata does not read reported in one line and left out (the evaluator only reads:
+    it sets nothing aside); UserError where none is left, or for the first bad one."""
+    kept, saved, errors = [], [], []
+    for entry in named:
+        try:
+            saved.append(checkpoint.Saved(entry[0]))
+            kept.append(entry)
+        except UserError as e:
+            if not skip_unreadable:
+                raise
+            errors.append(e)
+            out('skipped %s' % e)
+    if not saved:
+        raise errors[0]
+    return kept, saved
+
+
 def validation_images(saved, data_path, spec):
     """The images the checkpoint's run held out (the last validation_split training
     images), for temperature scaling; refused in one line when it held out none."""
@@ -231,9 +250,8 @@ def evaluate_checkpoints(ckpt_path: str, data_path: str | None = None,
     live weights). It computes on one device, the first GPU or the one `devices` names,
     and takes only the memory it needs there, so that it fits beside a running trainer.
     """
-    devices_lib.setup_for_evaluation(devices, out)
-    named = checkpoints_named(ckpt_path, all_checkpoints)
-    saved = [checkpoint.Saved(p) for p, _, _ in named]
+    used = devices_lib.setup_for_evaluation(devices, out)
+    named, saved = readable(checkpoints_named(ckpt_path, all_checkpoints), all_checkpoints, out)
     for s in saved:
         s.check_matches(wanted or {})
     architectures = {s.config for s in saved}
@@ -250,27 +268,43 @@ def evaluate_checkpoints(ckpt_path: str, data_path: str | None = None,
     if output_json:
         check_writable(output_json, 'output_json')
 
-    writer = (tf.summary.create_file_writer(os.path.join(log_path, 'evaluator'))
-              if log_path else None)
-    restorer = Restorer(saved[0], precision, out, averaged)
-    evaluator = Evaluator(restorer.net, restorer.mean, tta, keep_logits=True)
-    results = []
-    for s, (_, which, record) in zip(saved, named):
-        restorer.load(s)
-        result = Result(s.prefix, s.step, evaluator(pipeline.eval_batches(images, labels,
-                                                                          batch_size)), which,
-                        record['validation_accuracy'] if record else None)
-        if held_out is not None:
-            validation = evaluator(pipeline.eval_batches(*held_out, batch_size))
-            temperature = fit_temperature(validation.logits, validation.labels)
-            result.scaled = Calibration.of(result.metrics.logits, result.metrics.labels,
-                                           temperature)
-            result.validation_images = len(validation.labels)
-        results.append(result)
-        if writer and s.step is not None and which != 'best':
-            with writer.as_default(step=s.step):
-                tf.summary.scalar('cross_entropy', result.metrics.cross_entropy)
-                tf.summary.scalar('accuracy', result.metrics.accuracy)
+    writer = None
+    try:
+        restorer = Restorer(saved[0], precision, out, averaged)
+        evaluator = Evaluator(restorer.net, restorer.mean, tta, keep_logits=True)
+        results = []
+        for s, (_, which, record) in zip(saved, named):
+            try:
+                restorer.load(s)
+            except UserError as e:
+                if not all_checkpoints:
+                    raise
+                out('skipped %s' % e)       # a data file damaged past its metadata
+                continue
+            result = Result(s.prefix, s.step, evaluator(pipeline.eval_batches(images, labels,
+                                                                              batch_size)),
+                            which, record['validation_accuracy'] if record else None)
+            if held_out is not None:
+                validation = evaluator(pipeline.eval_batches(*held_out, batch_size))
+                temperature = fit_temperature(validation.logits, validation.labels)
+                result.scaled = Calibration.of(result.metrics.logits, result.metrics.labels,
+                                               temperature)
+                result.validation_images = len(validation.labels)
+            results.append(result)
+            if log_path and s.step is not None and which != 'best':
+                writer = writer or tf.summary.create_file_writer(os.path.join(log_path,
+                                                                              'evaluator'))
+                with writer.as_default(step=s.step):
+                    tf.summary.scalar('cross_entropy', result.metrics.cross_entropy)
+                    tf.summary.scalar('accuracy', result.metrics.accuracy)
+    except memory.OOM as e:
+        raise memory.out_of_memory(e, doing='evaluating', network=config.describe(),
+                                   batch_size=batch_size, precision=precision, used=used,
+                                   batch_setting='eval_batch_size',
+                                   more_devices=False) from None
+    if not results:
+        raise UserError('ckpt_path=%s: none of its checkpoints reads' % ckpt_path,
+                        settings=('ckpt_path',))
     if writer:
         writer.flush()
         out('TensorBoard: tensorboard --logdir=%s (run "evaluator")' % log_path)

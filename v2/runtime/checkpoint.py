@@ -5,12 +5,14 @@ optimizer slots and step (and float16's loss scale and the weight averages where
 a run has them), it stores the architecture (ModelConfig as JSON), the training
 recipe (JSON) and the per-pixel training-set mean. The evaluator needs
 nothing else, and a checkpoint of another architecture is refused before any
-variable is restored, never half-loaded.
+variable is restored, never half-loaded. A run resumes from the newest checkpoint
+that reads whole; a newer one that does not is set aside (renamed, never deleted).
 """
 
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import tensorflow as tf
@@ -159,6 +161,19 @@ class Saved:
             raise UserError('%s: not a readable checkpoint of this trainer (%s)'
                             % (prefix, message)) from None
 
+    def check_whole(self):
+        """Reads every tensor once: a data file cut off or damaged (each tensor carries a
+        checksum) is refused here, as Saved refuses an unreadable index; returns self."""
+        try:
+            reader = tf.train.load_checkpoint(self.prefix)
+            for name in reader.get_variable_to_shape_map():
+                reader.get_tensor(name)
+        except Exception as e:       # IndexError (cut off), OpError (checksum), ...
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError('%s: not a readable checkpoint of this trainer (%s)'
+                            % (self.prefix, message)) from None
+        return self
+
     def check_matches(self, wanted):
         """Raises UserError naming both if a field of `wanted` (a dict) differs from the saved one.
 
@@ -176,6 +191,90 @@ class Saved:
             pass           # the fields alone make no valid net: name just the fields
         raise UserError('%s is a %s checkpoint (%s), but %s was asked for'
                         % (self.prefix, self.config.describe(), has, ask))
+
+
+def _files_of(prefix):
+    """The files of a checkpoint: prefix.index and its prefix.data-NNNNN-of-NNNNN shards."""
+    folder, base = os.path.split(prefix)
+    data = re.compile(re.escape(base) + r'\.data-\d{5}-of-\d{5}$')
+    return [os.path.join(folder, name) for name in sorted(os.listdir(folder or '.'))
+            if name == base + '.index' or data.match(name)]
+
+
+def set_aside(prefix):
+    """Renames a checkpoint's files to NAME.unreadable (NAME.unreadable-2, ... where one is
+    already there), so that nothing reads them and nothing is deleted; returns the new names."""
+    renamed = []
+    for path in _files_of(prefix):
+        target, n = path + '.unreadable', 1
+        while os.path.exists(target):
+            n += 1
+            target = '%s.unreadable-%d' % (path, n)
+        os.rename(path, target)
+        renamed.append(target)
+    return renamed
+
+
+def write_index(folder, prefixes, timestamps=(), last_preserved=None):
+    """Rewrites the folder's `checkpoint` index to list `prefixes` (oldest first; the last
+    is the latest), as tf.train.CheckpointManager writes it: paths relative to the folder,
+    renamed into place whole."""
+    lines = ['model_checkpoint_path: %s' % json.dumps(os.path.relpath(prefixes[-1], folder))]
+    lines += ['all_model_checkpoint_paths: %s' % json.dumps(os.path.relpath(p, folder))
+              for p in prefixes]
+    if len(timestamps) == len(prefixes):
+        lines += ['all_model_checkpoint_timestamps: %r' % float(t) for t in timestamps]
+    if last_preserved is not None:
+        lines.append('last_preserved_timestamp: %r' % float(last_preserved))
+    path = os.path.join(folder, 'checkpoint')
+    with open(path + '.tmp', 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    os.replace(path + '.tmp', path)
+
+
+def newest_readable(folder, out=print, may_write=True):
+    """The Saved of the newest checkpoint the folder's index lists that reads whole.
+
+    A newer one that does not read (a data file cut off by a copy, a disk error) is set
+    aside (set_aside) and dropped from the index, each with a one-line note, where
+    may_write; other workers of a run (may_write False) only skip it. None where the
+    index lists no checkpoint whose files are there; UserError, touching nothing, where
+    none of them reads.
+    """
+    state = tf.train.get_checkpoint_state(folder)
+    if state is None or not state.model_checkpoint_path:
+        return None
+    listed = list(state.all_model_checkpoint_paths)
+    timestamps = list(state.all_model_checkpoint_timestamps)
+    if state.model_checkpoint_path not in listed:
+        listed.append(state.model_checkpoint_path)
+        timestamps = []
+    if not any(_files_of(p) for p in listed):
+        return None                                     # nothing there: a fresh start
+    unreadable = []
+    for prefix in reversed(listed):
+        try:
+            saved = Saved(prefix).check_whole()
+            break
+        except UserError as e:
+            unreadable.append((prefix, e))
+    else:
+        raise unreadable[0][1]
+    if unreadable and may_write:
+        keep = listed.index(saved.prefix) + 1
+        for prefix, error in unreadable:
+            renamed = set_aside(prefix)
+            out('note: %s; %s, and the run resumes from %s'
+                % (str(error), 'set aside as %s' % ', '.join(os.path.basename(p)
+                                                            for p in renamed)
+                   if renamed else 'its files are missing', saved.prefix))
+        write_index(folder, listed[:keep], timestamps[:keep],
+                    state.last_preserved_timestamp or None)
+    elif unreadable:
+        for _, error in unreadable:
+            out('note: %s; skipped here (the run that writes this folder sets it aside), '
+                'resuming from %s' % (str(error), saved.prefix))
+    return saved
 
 
 def restore(checkpoint, prefix):

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from v2.errors import UserError
 from v2.runtime import devices as devices_lib
+from v2.runtime import lock
 
 STRATEGIES = ('default', 'mirrored', 'multi_worker')
 
@@ -285,8 +286,8 @@ class WorkerFolders:
 
     The chief writes into --ckpt_path and --log_path. Every other worker must take
     part in each save (saving reads variables through collectives), so it saves into
-    a temporary folder of its own that is removed right after, and writes no
-    summaries.
+    a temporary folder of its own that is emptied right after (but for the lock it
+    holds there, v2.runtime.lock) and removed at the end, and writes no summaries.
     """
 
     def __init__(self, cluster):
@@ -305,6 +306,8 @@ class WorkerFolders:
             return manager.save(checkpoint_number=step)
         checkpoint.write(os.path.join(self.scratch, 'ckpt-%d' % step))
         for name in os.listdir(self.scratch):
+            if name == lock.FILE:
+                continue
             path = os.path.join(self.scratch, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         return os.path.join(manager.directory, 'ckpt-%d' % step)

@@ -37,7 +37,7 @@ from v2.data import cifar, pipeline
 from v2.errors import UserError
 from v2.evaluation.evaluate import Evaluator
 from v2.nets import model
-from v2.runtime import devices, distribution
+from v2.runtime import devices, distribution, memory
 from v2.runtime import precision as precision_lib
 from v2.tools import conv_timing
 from v2.training import inputs, loop, preflight
@@ -239,6 +239,17 @@ def main(argv):
     print('forward: %.1f M multiply-adds per image (convolutions and linear layer); a training '
           'image costs %.3f GFLOP (x2 per multiply-add, x3 for forward + backward)'
           % (macs / 1e6, gflops))
+    try:
+        return measure(model_config, recipe, used, dtype, jit, timing, macs, gflops)
+    except memory.OOM as e:
+        raise memory.out_of_memory(e, doing='timing', network=model_config.describe(),
+                                   batch_size=b, precision=recipe.precision,
+                                   used=used) from None
+
+
+def measure(model_config, recipe, used, dtype, jit, timing, macs, gflops):
+    """The measurements and their table, once the settings are printed."""
+    b = recipe.batch_size
     with tempfile.TemporaryDirectory() as folder:
         data_path = FLAGS.data_path
         if not data_path:

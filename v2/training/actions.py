@@ -24,7 +24,7 @@ from v2.data import pipeline
 from v2.errors import UserError
 from v2.evaluation.evaluate import Evaluator
 from v2.nets.model import build
-from v2.runtime import checkpoint, distribution
+from v2.runtime import checkpoint, distribution, memory
 from v2.training.nonfinite import NonFinitePolicy
 from v2.training.step import METRICS
 
@@ -142,8 +142,12 @@ class Evaluate:
         sources = self.state.ema.averages if self.state.ema else self.state.model.variables
         for target, source in zip(self.net.variables, sources):
             target.assign(source.read_value())
-        metrics = self.evaluator(pipeline.eval_batches(self.images, self.labels,
-                                                       self.batch_size))
+        try:
+            metrics = self.evaluator(pipeline.eval_batches(self.images, self.labels,
+                                                           self.batch_size))
+        except memory.OOM as e:
+            memory.mark_evaluating(e)
+            raise
         with self.writer.as_default(step=step):
             tf.summary.scalar('cross_entropy', metrics.cross_entropy)
             tf.summary.scalar('accuracy', metrics.accuracy)

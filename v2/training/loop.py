@@ -1,6 +1,7 @@
 """The training loop: set up, check, then train to num_iterations.
 
-train() sets up the devices and the strategy, checks everything that can be checked
+train() sets up the devices and the strategy, takes the run folder's lock (one
+trainer per folder, v2.runtime.lock), checks everything that can be checked
 before the first step (v2.training.preflight), creates the training state and
 restores it from the latest checkpoint (v2.training.state), and then loops: it runs
 the traced steps up to the next step where something is due, and there logs the
@@ -17,7 +18,7 @@ import tensorflow as tf
 
 from v2.errors import UserError
 from v2.nets.model import ModelConfig, build, count_parameters
-from v2.runtime import devices, distribution, precision
+from v2.runtime import devices, distribution, lock, memory, precision
 from v2.training import actions, inputs, preflight, record
 from v2.training.recipe import Recipe, RunOptions
 from v2.training.state import TrainState
@@ -93,56 +94,116 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
     options.distribution_strategy picks the tf.distribute strategy; devices and the
     strategy are set up first, as TensorFlow requires. Under multi_worker every
     worker runs this function; only the chief (worker 0) writes into ckpt_path and
-    the log folder.
+    the log folder, and holds ckpt_path's lock (v2.runtime.lock) while it runs; each
+    other worker locks its own scratch folder.
     """
     # 1. Devices and strategy, before any other TensorFlow work.
     setup = set_up(model_config, recipe, options, out)
-    cluster, out = setup.cluster, setup.out
-    # 2. The data, the folders and a checkpoint already there, checked before anything runs.
+    # 2. The data, checked before anything runs; then the run folder, locked for this run.
     data = inputs.load_training_data(model_config, recipe, data_path,
                                      evaluate=bool(options.eval_every))
-    if cluster.is_chief:
-        preflight.prepare_folder(options.ckpt_path, 'ckpt_path')
-        preflight.prepare_folder(options.logs, 'log_path')
-    saved, model_config = preflight.checkpoint_there(options.ckpt_path, model_config, out)
-    # 3. The state, restored from the checkpoint.
-    state, dtype = _restored_state(setup, model_config, recipe, options, data, saved)
-    start = int(state.step.numpy())
-    if cluster.multi_worker:
-        distribution.check_same_step(cluster, state.step, options.ckpt_path)
-    out(first_line(model_config, count_parameters(state.model), data, data_path, recipe, dtype,
-                   setup, 'resuming at step %d from %s' % (start, saved.prefix) if saved
-                   else 'starting at step 0'))
-    _say_faster_precision(recipe, dtype, setup)
-    result = TrainResult(step=start, checkpoint=saved.prefix if saved else None)
-    if start >= recipe.num_iterations:
-        out('step %d already reaches num_iterations=%d: nothing to train'
-            % (start, recipe.num_iterations))
-        return result
-    # 4. The traced steps, their batches and the actions; then the loop.
-    folders = distribution.WorkerFolders(cluster)
-    loop = _make_loop(setup=setup, state=state, recipe=recipe, options=options, data=data,
-                      dtype=dtype, model_config=model_config, folders=folders, start=start,
-                      last_checkpoint=result.checkpoint, on_step=on_step, on_record=on_record)
-    if cluster.is_chief:
-        out('checkpoints: %s   TensorBoard: tensorboard --logdir=%s'
-            % (options.ckpt_path, options.logs))
+    folders = distribution.WorkerFolders(setup.cluster)
+    run_lock = None
     try:
-        with actions.StopRequests(out) as stop:
-            result.step, result.stopped_by = loop.run(start, recipe.num_iterations,
-                                                      options.steps_per_call, stop)
-    except distribution.PEER_ERRORS as e:
-        if not cluster.multi_worker or not distribution.is_peer_loss(e):
-            raise
-        raise UserError('worker %d: lost contact with the other workers (%s); the last '
-                        'checkpoint is %s: start every worker again with the same command to '
-                        'resume from it' % (cluster.worker_index, distribution.reason(e),
-                                             loop.save.last)) from None
+        if setup.cluster.is_chief:
+            preflight.prepare_folder(options.ckpt_path, 'ckpt_path')
+            run_lock = lock.RunLock(options.ckpt_path, 'ckpt_path', setup.out).acquire()
+            logs_before = _paths_under(options.logs)
+            preflight.prepare_folder(options.logs, 'log_path')
+        else:                       # the other workers write only into a scratch folder
+            run_lock = lock.RunLock(folders.scratch, 'scratch', setup.out).acquire()
+            logs_before = None
+        return _train_in(setup, data, data_path, folders, model_config, recipe, options,
+                         on_step, on_record, logs_before)
     finally:
+        if run_lock:
+            run_lock.release()
         folders.close()
-        for action in (loop.log, loop.evaluate):
-            if action is not None:
-                action.writer.flush()
+
+
+def _paths_under(folder):
+    """Every file and folder below `folder` (and itself), or none where it does not exist."""
+    paths = set()
+    for root, dirs, files in os.walk(folder):
+        paths.add(root)
+        paths.update(os.path.join(root, name) for name in dirs + files)
+    return paths
+
+
+def _forget_new_logs(folder, before):
+    """Removes what this run added below `folder` (event files, a new metrics.csv, their
+    folders) when it ended before its first window: a run that never trained must not
+    stay in TensorBoard's runs and HParams table. Nothing that was there before is touched."""
+    for path in sorted(_paths_under(folder) - before, key=len, reverse=True):
+        if os.path.isdir(path):
+            if not os.listdir(path):
+                os.rmdir(path)
+        else:
+            os.remove(path)
+
+
+def _train_in(setup, data, data_path, folders, model_config, recipe, options, on_step,
+              on_record, logs_before):
+    """train() once the folder is this run's: restore, then the loop; out of device
+    memory is one line naming the last good checkpoint (logs_before: the log folder's
+    paths before this run, to leave it as it was when memory runs out before the first
+    window)."""
+    cluster, out = setup.cluster, setup.out
+    saved, model_config = preflight.checkpoint_there(options.ckpt_path, model_config, out,
+                                                     may_write=cluster.is_chief)
+    result = TrainResult(step=0, checkpoint=saved.prefix if saved else None)
+    loop = None
+    try:
+        # 3. The state, restored from the checkpoint.
+        state, dtype = _restored_state(setup, model_config, recipe, options, data, saved)
+        start = result.step = int(state.step.numpy())
+        if cluster.multi_worker:
+            distribution.check_same_step(cluster, state.step, options.ckpt_path)
+        out(first_line(model_config, count_parameters(state.model), data, data_path, recipe,
+                       dtype, setup, 'resuming at step %d from %s' % (start, saved.prefix)
+                       if saved else 'starting at step 0'))
+        _say_faster_precision(recipe, dtype, setup)
+        if start >= recipe.num_iterations:
+            out('step %d already reaches num_iterations=%d: nothing to train'
+                % (start, recipe.num_iterations))
+            return result
+        # 4. The traced steps, their batches and the actions; then the loop.
+        loop = _make_loop(setup=setup, state=state, recipe=recipe, options=options, data=data,
+                          dtype=dtype, model_config=model_config, folders=folders, start=start,
+                          last_checkpoint=result.checkpoint, on_step=on_step,
+                          on_record=on_record)
+        if cluster.is_chief:
+            out('checkpoints: %s   TensorBoard: tensorboard --logdir=%s'
+                % (options.ckpt_path, options.logs))
+        try:
+            with actions.StopRequests(out) as stop:
+                result.step, result.stopped_by = loop.run(start, recipe.num_iterations,
+                                                          options.steps_per_call, stop)
+        except distribution.PEER_ERRORS as e:
+            if not cluster.multi_worker or not distribution.is_peer_loss(e):
+                raise
+            raise UserError('worker %d: lost contact with the other workers (%s); the last '
+                            'checkpoint is %s: start every worker again with the same command '
+                            'to resume from it' % (cluster.worker_index, distribution.reason(e),
+                                                   loop.save.last)) from None
+        finally:
+            for action in (loop.log, loop.evaluate):
+                if action is not None:
+                    action.writer.flush()
+    except memory.OOM as e:
+        if logs_before is not None and (loop is None or loop.log.means is None):
+            for action in (loop.log, loop.evaluate) if loop else ():
+                if action is not None:
+                    action.writer.close()
+            _forget_new_logs(options.logs, logs_before)
+        evaluating = getattr(e, 'evaluating', False)
+        raise memory.out_of_memory(
+            e, doing='evaluating' if evaluating else 'training',
+            network=model_config.describe(),
+            batch_size=options.eval_batch_size if evaluating else recipe.batch_size,
+            batch_setting='eval_batch_size' if evaluating else 'batch_size',
+            precision=recipe.precision, used=setup.used, checkpoints=True,
+            last_checkpoint=loop.save.last if loop else result.checkpoint) from None
     result.checkpoint, result.last_metrics = loop.save.last, loop.log.means
     if result.stopped_by:
         out('stopped at step %d; checkpoint %s; run the same command to resume'
@@ -183,7 +244,7 @@ def dry_run(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data
         preflight.check_folder(path, setting)
     if os.path.isdir(options.ckpt_path):
         saved, model_config = preflight.checkpoint_there(options.ckpt_path, model_config,
-                                                         setup.out)
+                                                         setup.out, may_write=False)
     dtype = precision.compute_dtype(recipe.precision, setup.used, warn=setup.out)
     parameters = count_parameters(build(model_config))
     setup.out(first_line(model_config, parameters, data, data_path, recipe, dtype, setup,

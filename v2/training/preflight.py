@@ -1,16 +1,15 @@
 """The checks before the first step: each refuses in one line before anything is written.
 
 The folders can be written, the disk can hold the checkpoints the run keeps, a save
-cut off earlier left nothing behind, a checkpoint already there is of this network,
-and the settings can be compiled as asked (XLA).
+cut off earlier left nothing behind, a checkpoint already there reads whole (a newer
+one that does not is set aside) and is of this network, and the settings can be
+compiled as asked (XLA).
 """
 
 import dataclasses
 import os
 import shutil
 import tempfile
-
-import tensorflow as tf
 
 from v2.errors import UserError
 from v2.runtime import checkpoint, devices
@@ -62,16 +61,17 @@ def remove_partial_saves(path, out):
         out('removed %s, left by a save that was cut off' % partial)
 
 
-def checkpoint_there(ckpt_path, model_config, out):
+def checkpoint_there(ckpt_path, model_config, out, may_write=True):
     """(the Saved checkpoint to resume from or None, the config to train with).
 
+    It is the newest checkpoint that reads whole: newer ones that do not are set aside
+    where may_write (the chief), and skipped elsewhere (checkpoint.newest_readable).
     A checkpoint of another network is refused. One goes on training with the strided
     padding it was trained with (those from before the symmetric padding have
     TensorFlow's SAME)."""
-    latest = tf.train.latest_checkpoint(ckpt_path)
-    if not latest:
+    saved = checkpoint.newest_readable(ckpt_path, out, may_write)
+    if saved is None:
         return None, model_config
-    saved = checkpoint.Saved(latest)
     if saved.config.strided_padding != model_config.strided_padding:
         out('note: %s was trained with strided_padding=%s; it goes on with that padding'
             % (saved.prefix, saved.config.strided_padding))
