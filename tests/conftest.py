@@ -59,6 +59,16 @@ sys.path.insert(0, str(ROOT))
 TRAIN_FILES = ['data_batch_%d.bin' % i for i in range(1, 6)]
 
 
+@pytest.fixture(autouse=True)
+def no_op_determinism_after():
+    """A test whose run was --deterministic leaves TensorFlow's op determinism off again: it
+    is process-wide, and unseeded random ops fail under it in the tests after."""
+    yield
+    from tensorflow.python.framework import config
+    if config.is_op_determinism_enabled():
+        config.disable_op_determinism()
+
+
 def record_bytes(labels, images):
     """Official binary records: label byte + R, G, B planes of uint8 HWC images."""
     planes = np.transpose(images, (0, 3, 1, 2)).reshape(len(labels), -1)

@@ -232,16 +232,21 @@ def test_the_gpu_tier_is_what_the_mark_expression_selects(expression, selected):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('changes', [dict(cutout=4),
+                                     dict(mixup_alpha=1.0, cutmix_alpha=1.0, cutmix_prob=0.5)])
 def test_the_device_path_with_xla_and_several_steps_a_call_trains_as_the_host_path(
-        session_data, tmp_path):
-    """The GPU's way on one CPU: uint8 batches prepared inside an XLA-compiled step, two
-    steps a call, against tf.data preparing them on the host. XLA's CPU kernels sum in
-    another order than oneDNN's, so the weights agree to float32 rounding over 4 steps:
-    within 3e-5 absolute, as the batch-norm shifts start at 0 and move by sums of
-    gradients that nearly cancel (their rounding reached 1.1e-5 on TensorFlow 2.16.2)."""
+        session_data, tmp_path, changes):
+    """The GPU's way on one CPU: uint8 batches prepared (and mixed) inside an XLA-compiled
+    step, two steps a call, against tf.data preparing them on the host. XLA's CPU kernels
+    sum in another order than oneDNN's, so the weights agree to float32 rounding over 4
+    steps: within rtol 1e-4 and 2e-4 absolute, as the batch-norm shifts start at 0 and
+    move by sums of gradients that nearly cancel. Beyond the relative part, the rounding
+    reached 1.1e-5 on an AVX2 CPU (TensorFlow 2.16.2) and 6.9e-5, in 7 of a conv kernel's
+    2,304 weights, on the 2-core AMD EPYC with AVX512-BF16, whose oneDNN kernels sum in
+    yet another order; a wrong batch would move every weight."""
     import numpy as np
     from conftest import model_weights
-    recipe = tiny_recipe(num_iterations=4, cutout=4)    # op determinism would outlive the test
+    recipe = tiny_recipe(num_iterations=4, **changes)
     host = loop.train(ModelConfig(num_layers=8), recipe,
                       tiny_options(tmp_path / 'host', prepare_batches='host'),
                       str(session_data), out=quiet)
@@ -252,5 +257,5 @@ def test_the_device_path_with_xla_and_several_steps_a_call_trains_as_the_host_pa
     a, b = model_weights(host.checkpoint), model_weights(device.checkpoint)
     assert a.keys() == b.keys()
     for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=3e-5, err_msg=key)
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=2e-4, err_msg=key)
     assert host.last_metrics['loss'] == pytest.approx(device.last_metrics['loss'], rel=1e-4)

@@ -137,10 +137,11 @@ def test_the_hosts_batches_carry_the_mixed_targets(session_data):
 def test_mixing_compiles_with_xla_to_the_same_batch():
     images, labels = batch()
     mixing = Mixing(mixup_alpha=1.0, cutmix_alpha=1.0, cutmix_prob=0.5)
+    compiled_mix = tf.function(lambda x, y, k: pipeline.mix(x, y, 10, k, mixing),
+                               jit_compile=True)
     for step in (0, 1, 2):
         key = tf.constant((2, step), tf.int64)
         plain = pipeline.mix(tf.constant(images), tf.constant(labels), 10, key, mixing)
-        compiled = tf.function(lambda x, y, k: pipeline.mix(x, y, 10, k, mixing),
-                               jit_compile=True)(tf.constant(images), tf.constant(labels), key)
+        compiled = compiled_mix(tf.constant(images), tf.constant(labels), key)
         for a, b in zip(plain, compiled):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-4)

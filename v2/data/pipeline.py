@@ -110,11 +110,12 @@ def uniform(shape, key):
 def beta_quantile(u, alpha, iterations=40):
     """The quantile u of Beta(alpha, alpha), by bisection on the regularised incomplete beta
     function: a draw is a pure function of its Philox uniform u, on every device."""
-    low, high = tf.zeros_like(u), tf.ones_like(u)
-    for _ in range(iterations):           # 2**-40: far below float32's resolution near 0.5
+    def halve(i, low, high):              # 2**-40: far below float32's resolution near 0.5
         middle = (low + high) / 2
         below = tf.math.betainc(alpha, alpha, middle) < u
-        low, high = tf.where(below, middle, low), tf.where(below, high, middle)
+        return i + 1, tf.where(below, middle, low), tf.where(below, high, middle)
+    _, low, high = tf.while_loop(lambda i, low, high: i < iterations, halve,
+                                 (tf.constant(0), tf.zeros_like(u), tf.ones_like(u)))
     return (low + high) / 2
 
 
