@@ -11,6 +11,7 @@ from conftest import quiet
 from v2.cli import app, evaluator, flags
 from v2.data import cifar, pipeline
 from v2.evaluation import evaluate, export
+from v2.runtime import devices
 
 # Run in a fresh process from a folder without this project: only TensorFlow is needed.
 LOAD_AND_PREDICT = '''
@@ -143,3 +144,49 @@ def test_the_saved_model_loads_in_a_fresh_process_without_this_project(exported,
     for word in ("inputs['images']", 'DT_UINT8', '(-1, 32, 32, 3)', "outputs['probabilities']",
                  "outputs['classes']"):
         assert word in run.stdout, word
+
+
+def test_the_onnx_file_agrees_with_the_saved_model(trained, session_data, tmp_path, capsys):
+    """onnxruntime's probabilities of the test images against the SavedModel's, computed
+    here in IEEE float32: the same float32 arithmetic in another order."""
+    import onnxruntime
+    folder = tmp_path / 'saved'
+    status, line = app.call(evaluator.main, ['run_evaluator.py', '--ckpt_path=%s' % (
+        trained / 'ckpt'), '--export_dir=%s' % folder, '--data_path=%s' % session_data,
+        '--onnx'], flags.EVALUATOR)
+    assert status == 0, line
+    printed = capsys.readouterr().out
+    assert 'model.onnx' in printed and 'top-1 agreement with the SavedModel' in printed
+    images, labels = _test_set(session_data)
+    served = tf.saved_model.load(str(folder)).signatures['serving_default']
+    with devices.ieee_float32():
+        reference = served(images=images)['probabilities'].numpy()
+    session = onnxruntime.InferenceSession(str(folder / 'model.onnx'),
+                                           providers=['CPUExecutionProvider'])
+    outputs = dict(zip([o.name for o in session.get_outputs()],
+                       session.run(None, {'images': images.numpy()})))
+    np.testing.assert_allclose(outputs['probabilities'], reference, atol=1e-5)
+    np.testing.assert_array_equal(outputs['classes'], reference.argmax(-1))
+
+
+def test_onnx_without_its_converter_or_a_failed_conversion_is_one_line(trained, session_data,
+                                                                       tmp_path, monkeypatch):
+    args = ['run_evaluator.py', '--ckpt_path=%s' % (trained / 'ckpt'),
+            '--data_path=%s' % session_data, '--onnx']
+    status, line = app.call(evaluator.main, args, flags.EVALUATOR)
+    assert status == 1 and '--onnx needs --export_dir' in line
+    monkeypatch.setitem(sys.modules, 'tf2onnx', None)        # not installed
+    status, line = app.call(evaluator.main, args + ['--export_dir=%s' % (tmp_path / 'a')],
+                            flags.EVALUATOR)
+    assert status == 1 and 'pip install .[onnx]' in line and '\n' not in line
+    assert not (tmp_path / 'a').exists()                    # refused before anything ran
+    monkeypatch.undo()
+    import tf2onnx
+
+    def cannot(*args, **kwargs):
+        raise ValueError('Unsupported ops: SomeOp\nmore detail')
+    monkeypatch.setattr(tf2onnx.convert, 'from_function', cannot)
+    status, line = app.call(evaluator.main, args + ['--export_dir=%s' % (tmp_path / 'b')],
+                            flags.EVALUATOR)
+    assert status == 1 and 'could not convert' in line and 'Unsupported ops: SomeOp' in line
+    assert tf2onnx.__version__ in line and not (tmp_path / 'b' / 'model.onnx').exists()

@@ -6,7 +6,7 @@ import os
 from v2.cli import app, flags
 from v2.data import cifar
 from v2.errors import UserError
-from v2.evaluation import evaluate, export
+from v2.evaluation import evaluate, export, onnx_export
 
 FLAGS = flags.FLAGS
 
@@ -26,6 +26,10 @@ def main(argv):
         raise UserError('--ckpt_path: give a checkpoint prefix or a folder of checkpoints')
     if FLAGS.tflite and not FLAGS.export_dir:
         raise UserError('--tflite needs --export_dir (the SavedModel they are converted from)')
+    if FLAGS.onnx and not FLAGS.export_dir:
+        raise UserError('--onnx needs --export_dir (the SavedModel it is converted from)')
+    if FLAGS.onnx:
+        onnx_export.converter()             # a missing package refused before anything runs
     if FLAGS.images and FLAGS.ckpt_path.endswith('.tflite'):
         export.predict_files_tflite(FLAGS.ckpt_path, FLAGS.images)
         return 0
@@ -44,6 +48,8 @@ def main(argv):
             if FLAGS.tflite:
                 export.export_tflite_files(FLAGS.export_dir, FLAGS.tflite, saved,
                                            flags.data_path(saved.config))
+            if FLAGS.onnx:
+                onnx_export.export_onnx(FLAGS.export_dir, saved, flags.data_path(saved.config))
         if FLAGS.images:
             export.predict_files(serving, FLAGS.images)
         return 0

@@ -198,6 +198,9 @@ flags.DEFINE_string('export_dir', None,
 flags.DEFINE_list('tflite', [], 'With --export_dir: also write <export_dir>/model_<kind>.tflite '
                   'for each kind of float32, float16, int8, each checked against the SavedModel '
                   'on the test images.')
+flags.DEFINE_boolean('onnx', False, 'With --export_dir: also write <export_dir>/model.onnx '
+                     '(tf2onnx; pip install .[onnx]), checked against the SavedModel on the '
+                     'test images with onnxruntime.')
 flags.DEFINE_list('images', [], 'Instead of evaluating: print the predicted classes of these '
                   'image files (PNG, JPEG, ...; resized to 32x32 where needed); a .tflite '
                   '--ckpt_path runs them through TensorFlow Lite\'s interpreter.')
@@ -267,7 +270,7 @@ RUN = ('log_per_iterations', 'save_every', 'max_to_keep', 'eval_every', 'steps_p
 TRAINER = (DATA_AND_NETWORK + RECIPE + RUN
            + ('ckpt_path', 'log_path', 'download', 'download_url', 'download_md5', 'dry_run'))
 EVALUATOR = DATA_AND_NETWORK + ('ckpt_path', 'log_path', 'all_checkpoints', 'output_json', 'tta',
-                                'averaged', 'export_dir', 'tflite', 'images', 'devices',
+                                'averaged', 'export_dir', 'tflite', 'onnx', 'images', 'devices',
                                 'temperature_scaling', 'reliability_png')
 BENCHMARK = (DATA_AND_NETWORK + RECIPE + RUN
              + ('warmup_steps', 'windows', 'window_steps', 'keras', 'keras_precision',
@@ -302,7 +305,7 @@ HELP_GROUPS = (
                 'budget_minutes', 'rehearse')),
     ('the grid of runs', ('depths', 'seeds', 'networks', 'reference', 'switches')),
     ('output', ('ckpt_path', 'log_path', 'output_json', 'reliability_png', 'export_dir', 'tflite',
-                'out', 'work_dir', 'plot', 'png', 'title')),
+                'onnx', 'out', 'work_dir', 'plot', 'png', 'title')),
 )
 
 # Flags that do not apply to a family, refused when given explicitly.
