@@ -132,6 +132,13 @@ flags.DEFINE_float('cutmix_alpha', 0.0, 'Off by default (the papers). CutMix (Yu
 flags.DEFINE_float('cutmix_prob', 1.0, 'The share of batches CutMix is applied to (Yun et al. '
                    'used 0.5 on CIFAR); with --mixup_alpha too, the other batches are mixup.',
                    lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_string('teacher_ckpt', None, 'Off by default (the papers). Knowledge distillation '
+                    '(Hinton et al. 2015) from this checkpoint of a trained net (a prefix or a '
+                    'run folder; any network this project trains, of the same classes).')
+flags.DEFINE_float('kd_alpha', 0.9, 'With --teacher_ckpt: the weight of the teacher\'s soft '
+                   'targets; 1 - kd_alpha weighs the labels.', lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float('kd_temperature', 4.0, 'With --teacher_ckpt: the temperature T of both '
+                   'softmaxes; the soft term is scaled by T^2.', lower_bound=1e-3)
 flags.DEFINE_float('ema_decay', 0.0, 'Off by default (the papers). Keep a moving average of the '
                    'weights with this decay (e.g. 0.999); evaluations, the evaluator and exports '
                    'then use it.', lower_bound=0.0, upper_bound=0.9999)
@@ -263,7 +270,7 @@ RECIPE = ('batch_size', 'num_iterations', 'weight_decay', 'momentum', 'nesterov'
           'lr_boundaries', 'lr_decay', 'warmup_iterations', 'warmup_lr', 'warmup', 'seed',
           'deterministic', 'nan_policy', 'sync_batch_norm', 'bn_momentum', 'zero_init_residual',
           'validation_split', 'label_smoothing', 'cutout', 'ema_decay', 'mixup_alpha',
-          'cutmix_alpha', 'cutmix_prob')
+          'cutmix_alpha', 'cutmix_prob', 'teacher_ckpt', 'kd_alpha', 'kd_temperature')
 RUN = ('log_per_iterations', 'save_every', 'max_to_keep', 'eval_every', 'steps_per_call',
        'jit_compile', 'prepare_batches', 'tf32', 'distribution_strategy', 'devices', 'cpu_devices',
        'worker_timeout')
@@ -400,7 +407,9 @@ def recipe(**changes) -> recipe_lib.Recipe:
         bn_momentum=FLAGS.bn_momentum, zero_init_residual=FLAGS.zero_init_residual,
         validation_split=FLAGS.validation_split, label_smoothing=FLAGS.label_smoothing,
         cutout=FLAGS.cutout, ema_decay=FLAGS.ema_decay, mixup_alpha=FLAGS.mixup_alpha,
-        cutmix_alpha=FLAGS.cutmix_alpha, cutmix_prob=FLAGS.cutmix_prob)
+        cutmix_alpha=FLAGS.cutmix_alpha, cutmix_prob=FLAGS.cutmix_prob,
+        teacher_ckpt=FLAGS.teacher_ckpt or '', kd_alpha=FLAGS.kd_alpha,
+        kd_temperature=FLAGS.kd_temperature)
     values.update(changes)
     return recipe_lib.Recipe(**values)
 

@@ -19,7 +19,7 @@ import tensorflow as tf
 from v2.errors import UserError
 from v2.nets.model import ModelConfig, build, count_parameters
 from v2.runtime import devices, distribution, lock, memory, precision
-from v2.training import actions, inputs, preflight, record
+from v2.training import actions, distill, inputs, preflight, record
 from v2.training.recipe import Recipe, RunOptions
 from v2.training.state import TrainState
 
@@ -97,8 +97,9 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
     the log folder, and holds ckpt_path's lock (v2.runtime.lock) while it runs; each
     other worker locks its own scratch folder.
     """
-    # 1. Devices and strategy, before any other TensorFlow work.
+    # 1. Devices and strategy, before any other TensorFlow work; the teacher, if any.
     setup = set_up(model_config, recipe, options, out)
+    recipe = with_teacher(recipe, model_config, setup.out)
     # 2. The data, checked before anything runs; then the run folder, locked for this run.
     data = inputs.load_training_data(model_config, recipe, data_path,
                                      evaluate=bool(options.eval_every))
@@ -237,6 +238,7 @@ def dry_run(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data
     strategy, XLA, the data, the folders and a checkpoint already there. Prints the run's
     first line; returns (the model_config it would train, the TrainingData)."""
     setup = set_up(model_config, recipe, options, out)
+    recipe = with_teacher(recipe, model_config, setup.out)
     data = inputs.load_training_data(model_config, recipe, data_path,
                                      evaluate=bool(options.eval_every))
     saved = None
@@ -252,6 +254,14 @@ def dry_run(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data
                          if saved else 'dry run: would start at step 0'))
     _say_faster_precision(recipe, dtype, setup)
     return model_config, data
+
+
+def with_teacher(recipe, model_config, out):
+    """The recipe with its teacher's fingerprint, the teacher checked first (distill)."""
+    if not recipe.teacher_ckpt:
+        return recipe
+    _, fingerprint = distill.check_teacher(recipe.teacher_ckpt, model_config.num_classes, out)
+    return dataclasses.replace(recipe, teacher_fingerprint=fingerprint)
 
 
 def _restored_state(setup, model_config, recipe, options, data, saved):

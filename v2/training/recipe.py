@@ -45,6 +45,10 @@ class Recipe:
     mixup_alpha: float = 0.0         # Zhang et al. 2018; 0: off
     cutmix_alpha: float = 0.0        # Yun et al. 2019; 0: off
     cutmix_prob: float = 1.0
+    teacher_ckpt: str = ''           # knowledge distillation (Hinton et al. 2015); '': off
+    teacher_fingerprint: str = ''    # of the teacher's weights (v2.training.distill)
+    kd_alpha: float = 0.9
+    kd_temperature: float = 4.0
 
     def __post_init__(self):
         checks = [('batch_size', self.batch_size >= 1),
@@ -54,7 +58,9 @@ class Recipe:
                   ('label_smoothing', 0.0 <= self.label_smoothing < 1.0),
                   ('cutout', 0 <= self.cutout <= 32), ('ema_decay', 0.0 <= self.ema_decay < 1.0),
                   ('mixup_alpha', self.mixup_alpha >= 0), ('cutmix_alpha', self.cutmix_alpha >= 0),
-                  ('cutmix_prob', 0.0 <= self.cutmix_prob <= 1.0)]
+                  ('cutmix_prob', 0.0 <= self.cutmix_prob <= 1.0),
+                  ('kd_alpha', 0.0 <= self.kd_alpha <= 1.0),
+                  ('kd_temperature', self.kd_temperature > 0)]
         for name, ok in checks:
             if not ok:
                 raise UserError('%s=%s is out of range' % (name, getattr(self, name)),
@@ -77,6 +83,14 @@ class Recipe:
         defaults = json.loads(Recipe().to_json())
         before = dict(defaults, **json.loads(saved_json or '{}'))
         after = json.loads(self.to_json())
+        if before.get('teacher_fingerprint', '') != after['teacher_fingerprint']:
+            raise UserError('teacher_ckpt=%s, but the run was started %s; a teacher cannot change '
+                            'during a run (start a new ckpt_path)' % (
+                                after['teacher_ckpt'] or '(none)',
+                                'with the teacher %s (weights %s)' % (
+                                    before.get('teacher_ckpt'), before['teacher_fingerprint'])
+                                if before.get('teacher_fingerprint') else 'without a teacher'),
+                            settings=('teacher_ckpt', 'ckpt_path'))
         if before['validation_split'] != after['validation_split']:
             raise UserError('validation_split=%d, but the run was started with %d; a split '
                             'cannot change during a run (start a new ckpt_path)'

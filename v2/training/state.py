@@ -15,6 +15,7 @@ import tensorflow as tf
 from v2.nets.model import build
 from v2.runtime import checkpoint, precision
 from v2.runtime.ema import WeightAverage
+from v2.training import distill
 from v2.training.optimizer import Momentum
 from v2.training.step import StepParts, Window, WindowReader, make_train_steps
 
@@ -29,6 +30,7 @@ class TrainState:
     mean: tf.Variable
     loss_scale: precision.DynamicLossScale | None = None
     ema: WeightAverage | None = None
+    teacher: distill.Teacher | None = None      # read by the step, never saved
 
     @classmethod
     def create(cls, model_config, recipe, strategy, dtype, mean, norm_class=None):
@@ -49,6 +51,8 @@ class TrainState:
                 loss_scale=precision.DynamicLossScale() if dtype == tf.float16 else None)
             if recipe.ema_decay:
                 state.ema = WeightAverage(model, recipe.ema_decay)
+            if recipe.teacher_ckpt:
+                state.teacher = distill.load_teacher(recipe.teacher_ckpt, recipe.precision, mean)
         return state
 
     def checkpoint(self, recipe, loss_scale=True, ema=True):
@@ -77,7 +81,8 @@ class TrainState:
                          step=self.step, window=self.window, pixel_mean=self.mean,
                          weight_decay=recipe.weight_decay, seed=recipe.seed,
                          label_smoothing=recipe.label_smoothing, cutout=recipe.cutout,
-                         mixing=recipe.mixing,
+                         mixing=recipe.mixing, teacher=self.teacher, kd_alpha=recipe.kd_alpha,
+                         kd_temperature=recipe.kd_temperature,
                          loss_scale=self.loss_scale, nan_policy=recipe.nan_policy,
                          ema=self.ema)
 

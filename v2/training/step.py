@@ -25,6 +25,7 @@ from v2.data import pipeline
 from v2.nets import layers
 from v2.nets.model import decayed_weights
 from v2.runtime.distribution import local_add, local_assign
+from v2.training import distill
 from v2.training.nonfinite import NonFinitePolicy
 from v2.training.optimizer import Momentum
 from v2.training.schedule import Schedule
@@ -90,6 +91,9 @@ class StepParts:
     label_smoothing: float = 0.0
     cutout: int = 0
     mixing: pipeline.Mixing = pipeline.Mixing()
+    teacher: tf.Module | None = None    # knowledge distillation (v2.training.distill)
+    kd_alpha: float = 0.9
+    kd_temperature: float = 4.0
     loss_scale: tf.Module | None = None
     nan_policy: str = 'stop'            # or 'skip_step' (v2.training.nonfinite)
     ema: tf.Module | None = None
@@ -138,6 +142,7 @@ def make_train_steps(parts: StepParts, strategy=None, global_batch=None, jit_com
             labels = tf.argmax(targets, -1, output_type=tf.int32)
         elif p.label_smoothing:
             targets = tf.one_hot(labels, num_classes)
+        teacher_logits = p.teacher(images) if p.teacher is not None else None
         with tf.GradientTape() as tape:
             logits = p.model(images, training=True)
             if targets is not None:
@@ -146,6 +151,9 @@ def make_train_steps(parts: StepParts, strategy=None, global_batch=None, jit_com
                 per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
             else:
                 per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            if teacher_logits is not None:
+                per_example = distill.loss(per_example, logits, teacher_logits, p.kd_alpha,
+                                           p.kd_temperature)
             cross_entropy = tf.nn.compute_average_loss(per_example, global_batch_size=batch)
             l2 = p.weight_decay * tf.add_n([tf.nn.l2_loss(w) for w in decayed]) / replicas
             loss = cross_entropy + l2
