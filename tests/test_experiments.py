@@ -125,13 +125,20 @@ def test_the_switches_compare_each_option_with_the_recipe(toy_run, session_data,
                                                           capsys):
     capsys.readouterr()
     status, line = run('switches', '--data_path=%s' % session_data, '--out=%s' % tmp_path,
-                       '--seeds=1', '--num_layers=8', '--switches=cutout,tta',
+                       '--seeds=1', '--num_layers=8', '--switches=cutout,mixup,distill,tta',
                        '--work_dir=%s' % (toy_run / 'work'), *TOY[2:])
     assert status == 0, line
     assert capsys.readouterr().out.count('nothing to train') == 1    # figure6's ResNet-8
     summary = json.loads((tmp_path / 'switches.json').read_text())
-    assert [e['variant'] for e in summary['results']] == ['default', 'cutout', 'tta']
+    assert [e['variant'] for e in summary['results']] == ['default', 'cutout', 'mixup',
+                                                          'distill', 'tta']
     assert '| cutout | cutout of 16x16' in (tmp_path / 'switches.md').read_text()
+    # distill trained its ResNet-56 teacher first, and the student names it in its recipe.
+    work = toy_run / 'work'
+    teacher = work / 'teacher_resnet56_seed1'
+    student = tf.train.load_checkpoint(
+        tf.train.latest_checkpoint(str(work / 'distill_resnet8_seed1')))
+    assert str(teacher) in student.get_tensor('training/.ATTRIBUTES/VARIABLE_VALUE').decode()
 
 
 def test_results_show_a_spread_only_where_there_are_seeds_to_spread():

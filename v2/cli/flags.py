@@ -259,8 +259,9 @@ flags.DEFINE_boolean('reference', False, 'figure6: train the same grid through a
                      'of the same net instead (v2.tools.keras_nets), as a check on ours.')
 flags.DEFINE_boolean('plot', True, 'Draw the PNGs after writing the CSV/JSON (needs matplotlib).')
 flags.DEFINE_list('switches', [], 'switches: the modern options to compare with the default '
-                  'recipe (label_smoothing, cosine, ema, cutout, mixup, cutmix, zero_init, tta; '
-                  'default: all).')
+                  'recipe (label_smoothing, cosine, ema, cutout, mixup, cutmix, zero_init, '
+                  'distill, tta; default: all). distill trains a ResNet-56 teacher first, unless '
+                  '--teacher_ckpt names one.')
 
 DATA_AND_NETWORK = ('data_path', 'dataset', 'coarse_labels', 'model', 'num_layers',
                     'resnet_version', 'bottleneck', 'shortcut_type', 'shortcut_connections',

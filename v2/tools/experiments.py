@@ -75,6 +75,7 @@ SWITCHES = {
     'mixup': 'mixup with alpha 1.0 (Zhang et al. 2018)',
     'cutmix': 'CutMix with alpha 1.0 on half the batches (Yun et al. 2019)',
     'zero_init': 'zero-initialised residual branches (the last batch norm of each unit)',
+    'distill': 'distilled from a ResNet-56 teacher, alpha 0.9, T 4 (Hinton et al. 2015)',
     'tta': 'the default runs evaluated with flipped views averaged',
 }
 
@@ -451,8 +452,13 @@ def write_results(out, name, rows, fields, summary, markdown, show=True):
 
 # --- switches ------------------------------------------------------------------------------
 
-def switched(recipe, switch):
-    """The recipe with one modern option on."""
+TEACHER_LAYERS = 56                     # the distill switch's teacher, trained first
+
+
+def switched(recipe, switch, teacher=''):
+    """The recipe with one modern option on (distill: from the checkpoint `teacher`)."""
+    if switch == 'distill':
+        return dataclasses.replace(recipe, teacher_ckpt=teacher)
     if switch == 'label_smoothing':
         return dataclasses.replace(recipe, label_smoothing=0.1)
     if switch == 'cosine':
@@ -479,13 +485,24 @@ def switches(grid, config, chosen):
     grid.check_work_dir(grid.spec(config))
     variants = ['default'] + chosen
     trained = [v for v in variants if v != 'tta']
+    teacher = grid.recipe.teacher_ckpt          # --teacher_ckpt: the distill switch's teacher
+    recipe = dataclasses.replace(grid.recipe, teacher_ckpt='')
+    before = []
+    if 'distill' in chosen and not teacher:     # else a ResNet-56 of the recipe, seed 1, first
+        teacher_config = dataclasses.replace(config, num_layers=TEACHER_LAYERS)
+        teacher_run = Run(dict(variant='teacher', seed=1),
+                          run_folder(grid.folder, teacher_config, 1, prefix='teacher_'),
+                          teacher_config, dataclasses.replace(recipe, seed=1))
+        before, teacher = [teacher_run], teacher_run.folder
 
     def run_of(variant, seed):          # the default runs are figure6's and table's
         default = run_folder(grid.folder, config, seed)
         return Run(dict(variant=variant, seed=seed), default if variant == 'default' else
                    os.path.join(grid.folder, '%s_%s' % (variant, os.path.basename(default))),
-                   config, dataclasses.replace(switched(grid.recipe, variant), seed=seed))
+                   config, dataclasses.replace(switched(recipe, variant, teacher), seed=seed))
     runs = {(v, seed): run_of(v, seed) for v in trained for seed in grid.seeds}
+    for run in before:
+        grid.train(run, 0, len(runs))
     rows = []
     for i, ((variant, seed), run) in enumerate(sorted(runs.items()), 1):
         grid.train(run, i, len(runs))
