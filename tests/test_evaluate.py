@@ -7,8 +7,9 @@ import numpy as np
 import numpy_ref as ref
 import pytest
 import tensorflow as tf
-from conftest import quiet, tiny_options, tiny_recipe
+from conftest import averaged_and_live_nets, numpy_test_set, quiet, tiny_options, tiny_recipe
 
+from v2.cli import app, evaluator, flags
 from v2.errors import UserError
 from v2.evaluation import evaluate
 from v2.nets.model import ModelConfig
@@ -127,3 +128,46 @@ def test_a_run_with_weight_averages_is_evaluated_with_them(session_data, tmp_pat
     lines = []
     evaluate.evaluate_checkpoints(result.checkpoint, str(session_data), out=lines.append)
     assert 'weight averages' in lines[-1].splitlines()[0]
+
+
+def _cross_entropies(nets, folder):
+    """numpy's mean test cross-entropy of each net (numpy_ref's forward pass, evaluation mode)."""
+    x, labels = numpy_test_set(folder)
+    return [ref.softmax_cross_entropy(ref.preact_resnet_logits(net, x), labels).mean()
+            for net in nets]
+
+
+def test_the_trainers_evaluation_of_a_run_with_weight_averages_uses_them(averaged_run,
+                                                                         session_data):
+    """With ema_decay the trainer evaluates the averaged net (actions.Evaluate): its test
+    figures at step 4 are numpy's forward pass of numpy's averages of the run's weights
+    (numpy_ref.weight_averages), not of the live weights, which give another figure."""
+    root, recipe, records = averaged_run
+    averaged, live = _cross_entropies(averaged_and_live_nets(root, recipe), session_data)
+    assert averaged != pytest.approx(live, rel=1e-3)                   # they do differ
+    (step, split, figures), = [r for r in records if r[1] != 'train']
+    assert (step, split) == (4, 'test')
+    assert figures['cross_entropy'] == pytest.approx(averaged, rel=1e-4)
+
+
+def test_the_evaluator_program_reports_the_averages_unless_told_otherwise(averaged_run,
+                                                                         session_data, tmp_path):
+    """run_evaluator.py on a run with weight averages: its test cross-entropy is numpy's of
+    the averaged weights (numpy_ref.weight_averages) by default, and of the live weights of
+    the last step with --averaged=false; the JSON says which."""
+    root, recipe, _ = averaged_run
+    expected = dict(zip((True, False),
+                        _cross_entropies(averaged_and_live_nets(root, recipe), session_data)))
+    for averaged in (True, False):
+        report = tmp_path / ('%s.json' % averaged)
+        status, line = app.call(evaluator.main, [
+            'run_evaluator.py', '--ckpt_path=%s' % (root / 'ckpt'),
+            '--data_path=%s' % session_data, '--output_json=%s' % report,
+            '--averaged=%s' % str(averaged).lower()], flags.EVALUATOR)
+        assert status == 0, line
+        written = json.loads(report.read_text())
+        assert written['weight_averages'] is averaged
+        checkpoint_row, = written['checkpoints']
+        assert checkpoint_row['step'] == 4
+        assert checkpoint_row['cross_entropy'] == pytest.approx(expected[averaged], rel=1e-4)
+
