@@ -163,7 +163,7 @@ def test_the_evaluator_program_reports_the_averages_unless_told_otherwise(averag
         status, line = app.call(evaluator.main, [
             'run_evaluator.py', '--ckpt_path=%s' % (root / 'ckpt'),
             '--data_path=%s' % session_data, '--output_json=%s' % report,
-            '--averaged=%s' % str(averaged).lower()], flags.EVALUATOR)
+            *([] if averaged else ['--averaged=false'])], flags.EVALUATOR)
         assert status == 0, line
         written = json.loads(report.read_text())
         assert written['weight_averages'] is averaged

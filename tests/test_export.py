@@ -131,7 +131,7 @@ def test_the_export_of_a_run_with_weight_averages_serves_them_unless_told_otherw
         folder = tmp_path / str(averaged)
         status, line = app.call(evaluator.main, [
             'run_evaluator.py', '--ckpt_path=%s' % (root / 'ckpt'), '--export_dir=%s' % folder,
-            '--averaged=%s' % str(averaged).lower()], flags.EVALUATOR)
+            *([] if averaged else ['--averaged=false'])], flags.EVALUATOR)
         assert status == 0, line
         served = tf.saved_model.load(str(folder)).signatures['serving_default']
         np.testing.assert_allclose(served(images=images)['probabilities'].numpy(),
