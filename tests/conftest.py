@@ -157,6 +157,17 @@ def validated(tmp_path_factory, session_data):
 
 
 @pytest.fixture(scope='session')
+def two_replicas():
+    """A mirrored Cluster over the two logical CPUs, one for every in-process test: a
+    second MirroredStrategy in the same process numbers its collectives as the first did,
+    and its all-reduces then fail ('Shape mismatch in the collective instance 100')."""
+    from v2.runtime import distribution
+    cluster = distribution.make_cluster('mirrored', cpu_devices=2)
+    assert cluster.replicas == 2
+    return cluster
+
+
+@pytest.fixture(scope='session')
 def averaged_run(tmp_path_factory, session_data):
     """A ResNet-8 trained 4 steps with weight averages (ema_decay=0.5), saved at every step
     and evaluated on the test set at step 4; (its folder, the recipe, its records); read only."""
