@@ -12,6 +12,7 @@ from conftest import averaged_and_live_nets, numpy_test_set, quiet, tiny_options
 from v2.cli import app, evaluator, flags
 from v2.errors import UserError
 from v2.evaluation import evaluate
+from v2.evaluation.calibration import Calibration
 from v2.nets.model import ModelConfig
 from v2.runtime import checkpoint
 from v2.training import loop
@@ -171,3 +172,61 @@ def test_the_evaluator_program_reports_the_averages_unless_told_otherwise(averag
         assert checkpoint_row['step'] == 4
         assert checkpoint_row['cross_entropy'] == pytest.approx(expected[averaged], rel=1e-4)
 
+
+def _calibration(ece, nll, brier, temperature=1.0):
+    return Calibration(ece=ece, nll=nll, brier=brier, bin_count=[1] * 15,
+                       bin_confidence=[0.5] * 15, bin_accuracy=[0.5] * 15,
+                       temperature=temperature)
+
+
+def test_every_column_of_the_report_is_the_figure_its_header_names():
+    """The printed report of a last/best pair, each column read by its header and checked
+    against what the test computes from the confusion matrix (rows: true class): accuracy
+    trace/N, error 1 - accuracy, cross-entropy sum/N, per class precision C[k,k] / column
+    sum and recall C[k,k] / row sum (of the last checkpoint), the matrix as rows of true
+    classes; the calibration figures (before and after the temperature) where they are
+    given. Precision and recall differ in every class, so a swap of the two shows."""
+    last_confusion = np.array([[5, 1, 0], [3, 2, 1], [0, 4, 6]])  # rows 6 6 10, columns 8 7 7
+    best_confusion = np.array([[6, 0, 0], [0, 6, 0], [0, 0, 10]])
+    results = []
+    for which, step, confusion, ce_sum, calibration, scaled in (
+            ('last', 40, last_confusion, 22 * 1.25, _calibration(0.211, 1.25, 0.61),
+             _calibration(0.031, 0.98, 0.52, temperature=1.7)),
+            ('best', 20, best_confusion, 22 * 0.5, _calibration(0.102, 0.5, 0.33),
+             _calibration(0.012, 0.45, 0.31, temperature=0.8))):
+        metrics = evaluate.Metrics.from_confusion(confusion, ce_sum)
+        metrics.calibration = calibration
+        results.append(evaluate.Result('run/ckpt-%d' % step, step, metrics, which,
+                                       0.9 if which == 'best' else None, scaled, 7))
+    lines = evaluate.report(results, ModelConfig(num_layers=8), ['cat', 'dog', 'ship']
+                            ).splitlines()
+
+    def table(header_words, count):
+        """The `count` lines under the one header that starts with these words, split."""
+        at, = [i for i, line in enumerate(lines) if line.split()[:len(header_words)]
+               == header_words]
+        return [line.split() for line in lines[at + 1:at + 1 + count]]
+
+    rows = table(['step', 'cross-entropy', 'accuracy', 'error', 'ECE', 'Brier', 'checkpoint'],
+                 2)
+    for row, (confusion, ce, ece, brier) in zip(rows, ((last_confusion, 1.25, 21.1, 0.61),
+                                                       (best_confusion, 0.5, 10.2, 0.33))):
+        accuracy = 100 * np.trace(confusion) / confusion.sum()
+        which, step, *numbers, prefix = row
+        assert numbers == ['%.4f' % ce, '%.2f%%' % accuracy, '%.2f%%' % (100 - accuracy),
+                           '%.2f%%' % ece, '%.4f' % brier], row
+    assert any(line.startswith('best: the checkpoint of the highest validation accuracy during '
+                               'training (90.00% at step 20)') for line in lines)
+    rows = table(['step', 'temperature', 'NLL', 'before/after', 'ECE', 'before/after', 'Brier',
+                  'before/after'], 2)
+    assert rows[0] == ['last', '40', '1.700', '1.2500/0.9800', '21.10%/3.10%', '0.6100/0.5200']
+    assert rows[1] == ['best', '20', '0.800', '0.5000/0.4500', '10.20%/1.20%', '0.3300/0.3100']
+    rows = table(['per', 'class', '(ckpt-40):', 'precision', 'recall'], 3)
+    for k, row in enumerate(rows):
+        c = last_confusion
+        assert row == [['cat', 'dog', 'ship'][k], '%.2f%%' % (100 * c[k, k] / c[:, k].sum()),
+                       '%.2f%%' % (100 * c[k, k] / c[k].sum())]
+    rows = table(['confusion', 'matrix', '(rows:', 'true', 'class,', 'columns:', 'predicted'], 4)
+    assert rows[0] == ['cat', 'dog', 'ship']
+    assert [[int(n) for n in row[1:]] for row in rows[1:]] == last_confusion.tolist()
+    assert [row[0] for row in rows[1:]] == ['cat', 'dog', 'ship']
