@@ -170,16 +170,17 @@ def two_replicas():
 @pytest.fixture(scope='session')
 def averaged_run(tmp_path_factory, session_data):
     """A ResNet-8 trained 4 steps with weight averages (ema_decay=0.5), saved at every step
-    and evaluated on the test set at step 4; (its folder, the recipe, its records); read only."""
+    and evaluated on the test set at step 4; (its folder, the recipe, its records, the lines
+    it printed); read only."""
     from v2.nets.model import ModelConfig
     from v2.training import loop
     root = tmp_path_factory.mktemp('averaged')
     recipe = tiny_recipe(num_iterations=4, ema_decay=0.5)
-    records = []
+    records, lines = [], []
     loop.train(ModelConfig(num_layers=8), recipe,
                tiny_options(root, eval_every=4, save_every=1, log_per_iterations=1),
-               str(session_data), out=quiet, on_record=lambda *r: records.append(r))
-    return root, recipe, records
+               str(session_data), out=lines.append, on_record=lambda *r: records.append(r))
+    return root, recipe, records, lines
 
 
 def numpy_test_set(folder):

@@ -142,13 +142,22 @@ def test_the_trainers_evaluation_of_a_run_with_weight_averages_uses_them(average
                                                                          session_data):
     """With ema_decay the trainer evaluates the averaged net (actions.Evaluate): its test
     figures at step 4 are numpy's forward pass of numpy's averages of the run's weights
-    (numpy_ref.weight_averages), not of the live weights, which give another figure."""
-    root, recipe, records = averaged_run
-    averaged, live = _cross_entropies(averaged_and_live_nets(root, recipe), session_data)
+    (numpy_ref.weight_averages), not of the live weights, which give another figure; its
+    printed line says the cross-entropy and the accuracy under their names."""
+    root, recipe, records, lines = averaged_run
+    nets = averaged_and_live_nets(root, recipe)
+    averaged, live = _cross_entropies(nets, session_data)
     assert averaged != pytest.approx(live, rel=1e-3)                   # they do differ
     (step, split, figures), = [r for r in records if r[1] != 'train']
     assert (step, split) == (4, 'test')
     assert figures['cross_entropy'] == pytest.approx(averaged, rel=1e-4)
+    x, labels = numpy_test_set(session_data)
+    accuracy = np.mean(ref.preact_resnet_logits(nets[0], x).argmax(-1) == labels)
+    assert figures['accuracy'] == pytest.approx(accuracy)
+    printed, = [line.split() for line in lines if line.startswith('step 4: test ')]
+    assert printed[2:4] + printed[5:6] == ['test', 'cross-entropy', 'accuracy']
+    assert float(printed[4]) == pytest.approx(averaged, abs=6e-5)    # printed to 4 decimals
+    assert printed[6] == '%.2f%%' % (100 * accuracy)
 
 
 def test_the_evaluator_program_reports_the_averages_unless_told_otherwise(averaged_run,
@@ -156,7 +165,7 @@ def test_the_evaluator_program_reports_the_averages_unless_told_otherwise(averag
     """run_evaluator.py on a run with weight averages: its test cross-entropy is numpy's of
     the averaged weights (numpy_ref.weight_averages) by default, and of the live weights of
     the last step with --averaged=false; the JSON says which."""
-    root, recipe, _ = averaged_run
+    root, recipe, *_ = averaged_run
     expected = dict(zip((True, False),
                         _cross_entropies(averaged_and_live_nets(root, recipe), session_data)))
     for averaged in (True, False):

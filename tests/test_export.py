@@ -118,7 +118,7 @@ def test_the_export_of_a_run_with_weight_averages_serves_them_unless_told_otherw
     uint8 test images are numpy's softmax of numpy's forward pass of the averaged weights
     (numpy_ref.weight_averages of the run's checkpoints) by default, of the live weights
     of the last step with --averaged=false (the two differ by far more than 1e-5)."""
-    root, recipe, _ = averaged_run
+    root, recipe, *_ = averaged_run
     x, _ = numpy_test_set(session_data)
     expected = {}
     for averaged, net in zip((True, False), averaged_and_live_nets(root, recipe)):
