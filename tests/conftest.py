@@ -166,6 +166,70 @@ def validated(tmp_path_factory, session_data):
     return root, records
 
 
+@pytest.fixture(scope='session')
+def two_replicas():
+    """A mirrored Cluster over the two logical CPUs, one for every in-process test: a
+    second MirroredStrategy in the same process numbers its collectives as the first did,
+    and its all-reduces then fail ('Shape mismatch in the collective instance 100')."""
+    from v2.runtime import distribution
+    cluster = distribution.make_cluster('mirrored', cpu_devices=2)
+    assert cluster.replicas == 2
+    return cluster
+
+
+@pytest.fixture(scope='session')
+def averaged_run(tmp_path_factory, session_data):
+    """A ResNet-8 trained 4 steps with weight averages (ema_decay=0.5), saved at every step
+    and evaluated on the test set at step 4; (its folder, the recipe, its records, the lines
+    it printed); read only."""
+    from v2.nets.model import ModelConfig
+    from v2.training import loop
+    root = tmp_path_factory.mktemp('averaged')
+    recipe = tiny_recipe(num_iterations=4, ema_decay=0.5)
+    records, lines = [], []
+    loop.train(ModelConfig(num_layers=8), recipe,
+               tiny_options(root, eval_every=4, save_every=1, log_per_iterations=1),
+               str(session_data), out=lines.append, on_record=lambda *r: records.append(r))
+    return root, recipe, records, lines
+
+
+def numpy_test_set(folder):
+    """(the test images less the training images' mean pixel, float64; their labels), read
+    from the CIFAR-10 files with numpy alone, as the official format lays records out."""
+    def split(names):
+        raw = np.concatenate([np.fromfile(pathlib.Path(folder) / n, np.uint8).reshape(-1, 3073)
+                              for n in names])
+        return (raw[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float64),
+                raw[:, 0].astype(np.int64))
+    train_images, _ = split(TRAIN_FILES)
+    images, labels = split(['test_batch.bin'])
+    return images - train_images.mean(axis=0), labels
+
+
+def averaged_and_live_nets(root, recipe):
+    """Two ResNet-8s of the averaged_run: one holding numpy's weight averages
+    (numpy_ref.weight_averages of the initial weights, which the recipe's seed draws, and
+    of the checkpoint of every step), one the live weights of the last step. Read with
+    TensorFlow's own tf.train.Checkpoint, not through v2's Restorer or WeightAverage."""
+    import numpy_ref as ref
+    import tensorflow as tf
+
+    from v2.nets import model
+    config = model.ModelConfig(num_layers=8)
+    live = model.build(config, seed=recipe.seed)
+    initial = [v.numpy() for v in live.variables]
+    steps = []
+    for step in range(1, recipe.num_iterations + 1):
+        tf.train.Checkpoint(model=live).read(
+            str(pathlib.Path(root) / 'ckpt' / ('ckpt-%d' % step))).expect_partial()
+        steps.append([v.numpy() for v in live.variables])
+    averaged = model.build(config)
+    for variable, value in zip(averaged.variables,
+                               ref.weight_averages(initial, steps, recipe.ema_decay)):
+        variable.assign(value.astype(np.float32))
+    return averaged, live
+
+
 @pytest.fixture
 def trained_copy(trained, tmp_path):
     """A copy of the trained run, for tests that resume or damage it."""

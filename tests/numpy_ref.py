@@ -134,3 +134,15 @@ def calibration(logits, labels, bins=15):
     brier = np.mean([sum((p[i, k] - (k == labels[i])) ** 2 for k in range(p.shape[1]))
                      for i in range(len(p))])
     return ece, brier
+
+
+def weight_averages(initial, steps, decay):
+    """The weight averages after len(steps) updates, written out from ema.py's definition:
+    they start as the initial values, and after the update of step t (t = 0, 1, ...)
+    average = d * average + (1 - d) * value, d = min(decay, (1 + t) / (10 + t)).
+    initial: the values before step 0; steps[t]: the values after step t (lists of arrays)."""
+    averages = [np.asarray(v, np.float64) for v in initial]
+    for t, values in enumerate(steps):
+        d = min(decay, (1 + t) / (10 + t))
+        averages = [d * a + (1 - d) * np.asarray(v, np.float64) for a, v in zip(averages, values)]
+    return averages

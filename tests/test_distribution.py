@@ -15,10 +15,12 @@ import sys
 import time
 
 import numpy as np
+import numpy_ref as ref
 import pytest
 import tensorflow as tf
 from conftest import ROOT, error_lines, model_weights, run_script, write_cifar
 
+from v2.nets import layers
 from v2.runtime import distribution
 
 # A weight decay large enough that doubling it (a per-replica decay summed twice) moves the
@@ -81,6 +83,67 @@ def test_worker_batches_cut_the_global_batch_in_replica_order():
 ])
 def test_a_lost_peer_is_told_from_a_failure_here(error, lost):
     assert distribution.is_peer_loss(error) is lost
+
+
+def _batch_norm_step_on_two_replicas(strategy, synchronized, tmp_path):
+    """One training-mode call of a BatchNorm (momentum 0.8, from mean 0 and variance 1) on
+    each of two mirrored replicas (the logical CPUs of conftest), each with its own batch of
+    2x3x3x4 (replica 1's scaled and shifted, so that the replicas' statistics differ).
+    Returns (the two batches, the replicas' outputs, the statistics read in the cross-
+    replica context, the statistics a checkpoint of it holds)."""
+    rng = np.random.default_rng(3)
+    x = [rng.normal(size=(2, 3, 3, 4)).astype(np.float32),
+         (rng.normal(size=(2, 3, 3, 4)) * 3 + 2).astype(np.float32)]
+    with strategy.scope():
+        bn = layers.BatchNorm(4, 'bn', momentum=0.8, synchronized=synchronized)
+    inputs = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(x[context.replica_id_in_sync_group]))
+    outputs = tf.function(lambda v: strategy.run(lambda t: bn(t, training=True), args=(v,)))(
+        inputs)
+    y = [t.numpy() for t in strategy.experimental_local_results(outputs)]
+    read = bn.moving_mean.numpy(), bn.moving_variance.numpy()
+    reader = tf.train.load_checkpoint(tf.train.Checkpoint(bn=bn).write(str(tmp_path / 'bn')))
+    saved = tuple(reader.get_tensor('bn/%s/.ATTRIBUTES/VARIABLE_VALUE' % name)
+                  for name in ('moving_mean', 'moving_variance'))
+    return x, y, read, saved
+
+
+def test_per_replica_batch_norm_keeps_the_mean_of_the_replicas_statistics(two_replicas,
+                                                                         tmp_path):
+    """Without --sync_batch_norm each replica normalises with its own batch's statistics
+    and moves its own averages: replica r's become 0.2 * mean(x_r) and 0.8 + 0.2 *
+    var(x_r) (unbiased, n = 18 values a channel). Read for evaluation or a checkpoint,
+    the statistics are the MEAN over the replicas of those (TensorFlow's ON_READ variables
+    with aggregation MEAN), not the first replica's."""
+    x, y, read, saved = _batch_norm_step_on_two_replicas(two_replicas.strategy, False,
+                                                        tmp_path)
+    for batch, out in zip(x, y):
+        np.testing.assert_allclose(out, ref.batch_norm_training(batch, 1.0, 0.0),
+                                   rtol=1e-3, atol=1e-4)
+    mean = np.mean([0.2 * b.mean(axis=(0, 1, 2)) for b in x], axis=0)
+    variance = np.mean([0.8 + 0.2 * b.var(axis=(0, 1, 2), ddof=1) for b in x], axis=0)
+    first = 0.2 * x[0].mean(axis=(0, 1, 2))
+    assert np.abs(mean - first).min() > 0.1                  # the first replica's differ
+    for got in (read, saved):
+        np.testing.assert_allclose(got[0], mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[1], variance, rtol=1e-5)
+
+
+def test_synchronized_batch_norm_takes_the_statistics_of_the_global_batch(two_replicas,
+                                                                         tmp_path):
+    """With --sync_batch_norm both replicas normalise with the mean and the biased
+    variance of the global batch (both replicas' 2 x 18 values a channel) and move their
+    averages by them, the variance unbiased with the global count n = 36 (36/35, where
+    a replica's own count would give 18/17)."""
+    x, y, read, saved = _batch_norm_step_on_two_replicas(two_replicas.strategy, True, tmp_path)
+    both = np.concatenate(x)
+    np.testing.assert_allclose(np.concatenate(y), ref.batch_norm_training(both, 1.0, 0.0),
+                               rtol=1e-3, atol=1e-4)
+    for got in (read, saved):
+        np.testing.assert_allclose(got[0], 0.2 * both.mean(axis=(0, 1, 2)), rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_allclose(got[1], 0.8 + 0.2 * both.var(axis=(0, 1, 2), ddof=1),
+                                   rtol=1e-5)
 
 
 @pytest.mark.slow

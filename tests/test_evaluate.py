@@ -7,10 +7,12 @@ import numpy as np
 import numpy_ref as ref
 import pytest
 import tensorflow as tf
-from conftest import quiet, tiny_options, tiny_recipe
+from conftest import averaged_and_live_nets, numpy_test_set, quiet, tiny_options, tiny_recipe
 
+from v2.cli import app, evaluator, flags
 from v2.errors import UserError
 from v2.evaluation import evaluate
+from v2.evaluation.calibration import Calibration
 from v2.nets.model import ModelConfig
 from v2.runtime import checkpoint
 from v2.training import loop
@@ -127,3 +129,113 @@ def test_a_run_with_weight_averages_is_evaluated_with_them(session_data, tmp_pat
     lines = []
     evaluate.evaluate_checkpoints(result.checkpoint, str(session_data), out=lines.append)
     assert 'weight averages' in lines[-1].splitlines()[0]
+
+
+def _cross_entropies(nets, folder):
+    """numpy's mean test cross-entropy of each net (numpy_ref's forward pass, evaluation mode)."""
+    x, labels = numpy_test_set(folder)
+    return [ref.softmax_cross_entropy(ref.preact_resnet_logits(net, x), labels).mean()
+            for net in nets]
+
+
+def test_the_trainers_evaluation_of_a_run_with_weight_averages_uses_them(averaged_run,
+                                                                         session_data):
+    """With ema_decay the trainer evaluates the averaged net (actions.Evaluate): its test
+    figures at step 4 are numpy's forward pass of numpy's averages of the run's weights
+    (numpy_ref.weight_averages), not of the live weights, which give another figure; its
+    printed line says the cross-entropy and the accuracy under their names."""
+    root, recipe, records, lines = averaged_run
+    nets = averaged_and_live_nets(root, recipe)
+    averaged, live = _cross_entropies(nets, session_data)
+    assert averaged != pytest.approx(live, rel=1e-3)                   # they do differ
+    (step, split, figures), = [r for r in records if r[1] != 'train']
+    assert (step, split) == (4, 'test')
+    assert figures['cross_entropy'] == pytest.approx(averaged, rel=1e-4)
+    x, labels = numpy_test_set(session_data)
+    accuracy = np.mean(ref.preact_resnet_logits(nets[0], x).argmax(-1) == labels)
+    assert figures['accuracy'] == pytest.approx(accuracy)
+    printed, = [line.split() for line in lines if line.startswith('step 4: test ')]
+    assert printed[2:4] + printed[5:6] == ['test', 'cross-entropy', 'accuracy']
+    assert float(printed[4]) == pytest.approx(averaged, abs=6e-5)    # printed to 4 decimals
+    assert printed[6] == '%.2f%%' % (100 * accuracy)
+
+
+def test_the_evaluator_program_reports_the_averages_unless_told_otherwise(averaged_run,
+                                                                         session_data, tmp_path):
+    """run_evaluator.py on a run with weight averages: its test cross-entropy is numpy's of
+    the averaged weights (numpy_ref.weight_averages) by default, and of the live weights of
+    the last step with --averaged=false; the JSON says which."""
+    root, recipe, *_ = averaged_run
+    expected = dict(zip((True, False),
+                        _cross_entropies(averaged_and_live_nets(root, recipe), session_data)))
+    for averaged in (True, False):
+        report = tmp_path / ('%s.json' % averaged)
+        status, line = app.call(evaluator.main, [
+            'run_evaluator.py', '--ckpt_path=%s' % (root / 'ckpt'),
+            '--data_path=%s' % session_data, '--output_json=%s' % report,
+            *([] if averaged else ['--averaged=false'])], flags.EVALUATOR)
+        assert status == 0, line
+        written = json.loads(report.read_text())
+        assert written['weight_averages'] is averaged
+        checkpoint_row, = written['checkpoints']
+        assert checkpoint_row['step'] == 4
+        assert checkpoint_row['cross_entropy'] == pytest.approx(expected[averaged], rel=1e-4)
+
+
+def _calibration(ece, nll, brier, temperature=1.0):
+    return Calibration(ece=ece, nll=nll, brier=brier, bin_count=[1] * 15,
+                       bin_confidence=[0.5] * 15, bin_accuracy=[0.5] * 15,
+                       temperature=temperature)
+
+
+def test_every_column_of_the_report_is_the_figure_its_header_names():
+    """The printed report of a last/best pair, each column read by its header and checked
+    against what the test computes from the confusion matrix (rows: true class): accuracy
+    trace/N, error 1 - accuracy, cross-entropy sum/N, per class precision C[k,k] / column
+    sum and recall C[k,k] / row sum (of the last checkpoint), the matrix as rows of true
+    classes; the calibration figures (before and after the temperature) where they are
+    given. Precision and recall differ in every class, so a swap of the two shows."""
+    last_confusion = np.array([[5, 1, 0], [3, 2, 1], [0, 4, 6]])  # rows 6 6 10, columns 8 7 7
+    best_confusion = np.array([[6, 0, 0], [0, 6, 0], [0, 0, 10]])
+    results = []
+    for which, step, confusion, ce_sum, calibration, scaled in (
+            ('last', 40, last_confusion, 22 * 1.25, _calibration(0.211, 1.25, 0.61),
+             _calibration(0.031, 0.98, 0.52, temperature=1.7)),
+            ('best', 20, best_confusion, 22 * 0.5, _calibration(0.102, 0.5, 0.33),
+             _calibration(0.012, 0.45, 0.31, temperature=0.8))):
+        metrics = evaluate.Metrics.from_confusion(confusion, ce_sum)
+        metrics.calibration = calibration
+        results.append(evaluate.Result('run/ckpt-%d' % step, step, metrics, which,
+                                       0.9 if which == 'best' else None, scaled, 7))
+    lines = evaluate.report(results, ModelConfig(num_layers=8), ['cat', 'dog', 'ship']
+                            ).splitlines()
+
+    def table(header_words, count):
+        """The `count` lines under the one header that starts with these words, split."""
+        at, = [i for i, line in enumerate(lines) if line.split()[:len(header_words)]
+               == header_words]
+        return [line.split() for line in lines[at + 1:at + 1 + count]]
+
+    rows = table(['step', 'cross-entropy', 'accuracy', 'error', 'ECE', 'Brier', 'checkpoint'],
+                 2)
+    for row, (confusion, ce, ece, brier) in zip(rows, ((last_confusion, 1.25, 21.1, 0.61),
+                                                       (best_confusion, 0.5, 10.2, 0.33))):
+        accuracy = 100 * np.trace(confusion) / confusion.sum()
+        which, step, *numbers, prefix = row
+        assert numbers == ['%.4f' % ce, '%.2f%%' % accuracy, '%.2f%%' % (100 - accuracy),
+                           '%.2f%%' % ece, '%.4f' % brier], row
+    assert any(line.startswith('best: the checkpoint of the highest validation accuracy during '
+                               'training (90.00% at step 20)') for line in lines)
+    rows = table(['step', 'temperature', 'NLL', 'before/after', 'ECE', 'before/after', 'Brier',
+                  'before/after'], 2)
+    assert rows[0] == ['last', '40', '1.700', '1.2500/0.9800', '21.10%/3.10%', '0.6100/0.5200']
+    assert rows[1] == ['best', '20', '0.800', '0.5000/0.4500', '10.20%/1.20%', '0.3300/0.3100']
+    rows = table(['per', 'class', '(ckpt-40):', 'precision', 'recall'], 3)
+    for k, row in enumerate(rows):
+        c = last_confusion
+        assert row == [['cat', 'dog', 'ship'][k], '%.2f%%' % (100 * c[k, k] / c[:, k].sum()),
+                       '%.2f%%' % (100 * c[k, k] / c[k].sum())]
+    rows = table(['confusion', 'matrix', '(rows:', 'true', 'class,', 'columns:', 'predicted'], 4)
+    assert rows[0] == ['cat', 'dog', 'ship']
+    assert [[int(n) for n in row[1:]] for row in rows[1:]] == last_confusion.tolist()
+    assert [row[0] for row in rows[1:]] == ['cat', 'dog', 'ship']

@@ -4,9 +4,10 @@ import subprocess
 import sys
 
 import numpy as np
+import numpy_ref as ref
 import pytest
 import tensorflow as tf
-from conftest import quiet
+from conftest import averaged_and_live_nets, numpy_test_set, quiet
 
 from v2.cli import app, evaluator, flags
 from v2.data import cifar, pipeline
@@ -110,6 +111,32 @@ def test_export_refuses_a_folder_that_holds_files(exported, trained):
     status, line = app.call(evaluator.main, ['run_evaluator.py', '--ckpt_path=%s' % (
         trained / 'ckpt'), '--export_dir=%s' % exported], flags.EVALUATOR)
     assert status == 1 and 'is not empty' in line
+
+
+def test_the_export_of_a_run_with_weight_averages_serves_them_unless_told_otherwise(
+        averaged_run, session_data, tmp_path):
+    """--export_dir of a run with weight averages: the SavedModel's probabilities of the
+    uint8 test images are numpy's softmax of numpy's forward pass of the averaged weights
+    (numpy_ref.weight_averages of the run's checkpoints) by default, of the live weights
+    of the last step with --averaged=false (the two differ by far more than 1e-5)."""
+    root, recipe, *_ = averaged_run
+    x, _ = numpy_test_set(session_data)
+    expected = {}
+    for averaged, net in zip((True, False), averaged_and_live_nets(root, recipe)):
+        logits = ref.preact_resnet_logits(net, x)
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        expected[averaged] = p / p.sum(axis=1, keepdims=True)
+    assert np.abs(expected[True] - expected[False]).max() > 1e-3
+    images, _ = _test_set(session_data)
+    for averaged in (True, False):
+        folder = tmp_path / str(averaged)
+        status, line = app.call(evaluator.main, [
+            'run_evaluator.py', '--ckpt_path=%s' % (root / 'ckpt'), '--export_dir=%s' % folder,
+            *([] if averaged else ['--averaged=false'])], flags.EVALUATOR)
+        assert status == 0, line
+        served = tf.saved_model.load(str(folder)).signatures['serving_default']
+        np.testing.assert_allclose(served(images=images)['probabilities'].numpy(),
+                                   expected[averaged], atol=1e-5)
 
 
 @pytest.mark.slow

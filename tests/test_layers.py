@@ -61,6 +61,64 @@ def test_conv_init_is_he_normal():
     assert abs(np.std(conv.kernel.numpy()) - np.sqrt(2 / (9 * 64))) < 0.003
 
 
+# Nets in which some convolutions have more (or fewer) inputs than outputs: the stem
+# (3 -> 16), each stage's first unit (16 -> 32, 32 -> 64), option B's 1x1 projections,
+# a bottleneck's 1x1 convs (64 -> 16 -> 64) and a wide net's first unit (16 -> 16k).
+FAN_NETS = [C(num_layers=8), C(num_layers=8, shortcut_type='B'),
+            C(num_layers=11, bottleneck=True), C('wide_resnet', 10, widen_factor=2)]
+
+
+def assert_he_fan_in(kernel, name):
+    """He et al. 2015 ("Delving Deep into Rectifiers", eq. 10): a k x k conv with c_in inputs
+    has weights ~ N(0, 2 / (k*k*c_in)), its fan-in; the fan-out k*k*c_out differs by the
+    factor c_out / c_in (5.3 at the stem: 27 against 144). The sample variance of N normal
+    draws has relative standard error sqrt(2 / N); five of them is the tolerance: at most
+    34% for the stem's 432 weights, where the fan-out would be 81% off (50% or 100% for
+    the layers that double or halve the width)."""
+    k, _, fan_in, _ = kernel.shape
+    w = np.asarray(kernel, np.float64)
+    ratio = w.var() / (2.0 / (k * k * fan_in))
+    assert abs(ratio - 1) < 5 * np.sqrt(2 / w.size), (name, kernel.shape, ratio)
+
+
+def assert_uniform_fan_in(kernel):
+    """The linear layer: uniform(+-1/sqrt(fan_in)), so every weight inside the bound, the
+    largest near it (640 draws: P(max < 0.9 bound) = 0.9**640), variance bound**2 / 3
+    (relative standard error sqrt(0.8 / N) for uniform draws; five of them allowed).
+    The fan-out's bound 1/sqrt(10) is 2.5 times the fan-in's 1/sqrt(64)."""
+    w = np.asarray(kernel, np.float64)
+    bound = 1 / np.sqrt(w.shape[0])
+    assert 0.9 * bound < np.abs(w).max() <= bound
+    assert abs(w.var() / (bound ** 2 / 3) - 1) < 5 * np.sqrt(0.8 / w.size)
+
+
+@pytest.mark.parametrize('config', FAN_NETS, ids=[c.describe() + ' ' + str(c.shortcut_type)
+                                                  for c in FAN_NETS])
+def test_every_conv_is_initialised_by_its_fan_in_and_the_linear_layer_too(config):
+    """Every conv of each net by its fan-in (assert_he_fan_in), the linear layer
+    uniform(+-1/sqrt(fan_in)) (assert_uniform_fan_in)."""
+    net = m.build(config)
+    convs = [c for c in net.submodules if isinstance(c, layers.Conv2D)]
+    assert sum(c.kernel.shape[2] != c.kernel.shape[3] for c in convs) >= 3
+    for conv in convs:
+        assert_he_fan_in(conv.kernel.numpy(), conv.name)
+    assert_uniform_fan_in(net.fc.kernel.numpy())
+
+
+def test_the_keras_reference_net_is_initialised_by_the_fan_in_too():
+    """The Keras twin (v2.tools.keras_nets, the reference of docs/reproduction.md) must start
+    as ours does: He normal by the fan-in, the linear layer uniform(+-1/sqrt(fan_in))."""
+    from v2.tools import keras_nets
+    net = keras_nets.network(C(num_layers=8))
+    kernels = [w for w in net.weights if w.path.endswith('kernel')]
+    convs = [w for w in kernels if len(w.shape) == 4]
+    assert len(convs) == 7 and sum(w.shape[2] != w.shape[3] for w in convs) == 3
+    for w in convs:
+        assert_he_fan_in(np.asarray(w.numpy()), w.path)
+    dense, = [w for w in kernels if len(w.shape) == 2]
+    assert_uniform_fan_in(np.asarray(dense.numpy()))
+
+
 def test_batch_norm_trains_on_the_batch_and_evaluates_with_moving_averages():
     bn = layers.BatchNorm(4, 'bn', momentum=0.8)
     randomize_batch_norms(bn)

@@ -11,6 +11,8 @@ The batches are float32, already prepared, unless a test is about preparing them
 the step then computes exactly what numpy is given.
 """
 
+import types
+
 import numpy as np
 import numpy_ref as ref
 import pytest
@@ -216,15 +218,14 @@ def test_the_seed_picks_the_data_order(session_data, on_host):
     assert first_labels(1) == first_labels(1) != first_labels(2)
 
 
-def test_two_replicas_share_out_the_loss_and_the_decay_by_the_global_batch():
+def test_two_replicas_share_out_the_loss_and_the_decay_by_the_global_batch(two_replicas):
     """Mirrored over the two logical CPUs (conftest) with pooled batch statistics, one step
     must be the one-device step: each replica's cross-entropy is averaged over the GLOBAL
     batch of 8 and its decay halved, so the summed gradients are the batch's. A replica
     averaging over its own 4 images, or adding the whole decay, moves the weights twice as
     far in that term (wd = 0.05 makes the decay's share a hundred times the float noise)."""
     the_recipe = recipe(weight_decay=0.05, sync_batch_norm=True)
-    mirrored = distribution.make_cluster('mirrored', cpu_devices=2)
-    assert mirrored.replicas == 2
+    mirrored = two_replicas
     images, labels = batch()
     one, two = state_of(the_recipe), state_of(the_recipe, mirrored)
     logits = one.model(tf.constant(images), training=True).numpy()
@@ -236,6 +237,48 @@ def test_two_replicas_share_out_the_loss_and_the_decay_by_the_global_batch():
         assert sums['l2_loss'] == pytest.approx(l2, rel=1e-4)
     for a, b in zip(weights(one.model), weights(two.model)):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_two_replicas_keep_the_mean_of_their_batch_norm_statistics(two_replicas, tmp_path):
+    """Mirrored over the two logical CPUs with per-replica batch norm (the default) and
+    weight averages: one step from (0, 1) with momentum 0.6 leaves replica r's first BN
+    (it sees the stem's output x_r of its 4 images) at 0.4 * mean(x_r) and 0.6 + 0.4 *
+    var(x_r) (unbiased). What the run keeps is the mean over the two replicas: in its
+    checkpoint, in the net its evaluation (actions.Evaluate) builds, and in the averages
+    (d = min(0.05, 1/10) at step 0: 0.05 * start + 0.95 * statistics), which the evaluator
+    loads from the checkpoint."""
+    from v2.evaluation import evaluate
+    from v2.training import actions
+    the_recipe = recipe(bn_momentum=0.6, ema_decay=0.05)
+    mirrored = two_replicas
+    state = state_of(the_recipe, mirrored)
+    images, labels = batch()
+    x = [ref.conv(images[r * 4:(r + 1) * 4].astype(np.float64), state.model.stem.kernel.numpy())
+         for r in range(2)]
+    train(state, the_recipe, [(images, labels)], cluster=mirrored)
+    live = (np.mean([0.4 * b.mean(axis=(0, 1, 2)) for b in x], axis=0),
+            np.mean([0.6 + 0.4 * b.var(axis=(0, 1, 2), ddof=1) for b in x], axis=0))
+    averaged = (0.95 * live[0], 0.05 + 0.95 * live[1])
+    assert np.abs(live[0] - 0.4 * x[0].mean(axis=(0, 1, 2))).max() > 1e-2   # not replica 0's
+
+    def statistics(net):
+        bn = net.stages[0][0].bn1
+        return bn.moving_mean.numpy(), bn.moving_variance.numpy()
+
+    def check(got, expected):
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got[1], expected[1], rtol=1e-4)
+    prefix = state.checkpoint(the_recipe).save(str(tmp_path / 'ckpt'))
+    restored = model.build(TINY)                       # TensorFlow's reading of the checkpoint
+    tf.train.Checkpoint(model=restored).read(prefix).expect_partial()
+    check(statistics(restored), live)
+    check(statistics(evaluate.load_network(prefix, out=quiet)[0]), averaged)
+    evaluation = types.SimpleNamespace(evaluation=(np.zeros([2, 32, 32, 3], np.uint8),
+                                                   labels[:2]), evaluation_split='test')
+    action = actions.Evaluate(state, evaluation, 1, 2, TINY, tf.float32,
+                              tf.summary.create_noop_writer(), quiet)
+    action(1)
+    check(statistics(action.net), averaged)
 
 
 def test_the_validation_figures_are_those_of_the_held_out_images(session_data, tmp_path):

@@ -15,7 +15,7 @@ from v2.nets.model import ModelConfig
 from v2.runtime import checkpoint
 from v2.training import actions, inputs, loop, preflight
 from v2.training.schedule import Schedule
-from v2.training.step import WindowReader
+from v2.training.step import WINDOW, WindowReader
 
 TINY = ModelConfig(num_layers=8)
 
@@ -306,3 +306,24 @@ def test_training_on_real_images_lowers_the_loss(real_data, tmp_path):
     losses = [float(line.split('loss ')[1].split()[0]) for line in lines
               if line.startswith('step ') and 'loss' in line]
     assert len(losses) == 3 and losses[-1] < losses[0] - 0.1, losses
+
+
+def test_the_progress_line_prints_each_window_mean_under_its_name():
+    """A window of 4 steps, 3 of them updates, whose sums are loss 6.3, cross-entropy 4.5,
+    decay 1.8, accuracy 0.75: the line says the means over the updated steps under their
+    names (loss 6.3/3 = 2.1000, accuracy 0.75/3 = 0.250), the rate the schedule gives the
+    window's last step (0.005 from step 4 on: step 5's line), and the skipped step."""
+    sums = dict(zip(WINDOW, (6.3, 4.5, 1.8, 0.75, 0.15, 3.0, 1.0, -1.0)), stop=0.0, save=0.0)
+    lines = []
+    log = actions.Log(tiny_recipe(), 4, lambda stop, save: dict(sums),
+                      tf.summary.create_noop_writer(), lines.append)
+    log.count(4)
+    log(5, False, False)
+    line, = lines
+    words = line.split()
+    assert words[:2] == ['step', '5/6']
+    assert dict(zip(words[2:8:2], words[3:8:2])) == {'loss': '2.1000', 'accuracy': '0.250',
+                                                     'lr': '0.005'}
+    assert line.endswith('  skipped 1 non-finite steps')
+    assert log.means['cross_entropy'] == pytest.approx(1.5)
+    assert log.means['l2_loss'] == pytest.approx(0.6)
