@@ -184,6 +184,22 @@ def test_when_no_checkpoint_reads_the_trainer_refuses_and_touches_nothing(traine
     assert snapshot(ckpt) == before
 
 
+def test_a_newest_checkpoint_that_reads_but_is_not_the_trainers_is_refused_not_set_aside(
+        trained_copy, session_data):
+    """A whole checkpoint of another program (no network recorded) as the newest: only a
+    checkpoint whose files do not read is set aside; this one is refused, touching nothing."""
+    ckpt = trained_copy / 'ckpt'
+    other = tf.train.Checkpoint(weights=tf.Variable([1.0, 2.0])).write(str(ckpt / 'ckpt-9'))
+    state = tf.train.get_checkpoint_state(str(ckpt))
+    tf.compat.v1.train.update_checkpoint_state(
+        str(ckpt), other, list(state.all_model_checkpoint_paths) + [other])
+    before = snapshot(ckpt)
+    status, line = train_in_process(*trainer_args(session_data, ckpt))
+    assert status == 1 and '\n' not in line
+    assert 'not a checkpoint of this trainer (it records no network)' in line, line
+    assert snapshot(ckpt) == before
+
+
 def test_a_dry_run_over_a_torn_checkpoint_says_so_and_renames_nothing(trained_copy, session_data,
                                                                       capsys):
     ckpt = trained_copy / 'ckpt'

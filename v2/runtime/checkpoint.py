@@ -140,6 +140,16 @@ def find_best(ckpt_path):
     return record['checkpoint'], record
 
 
+class TornCheckpoint(UserError):
+    """A checkpoint whose files do not read (cut off, damaged, missing): the trainer sets it
+    aside and resumes from an older one. A checkpoint that reads but is not this trainer's,
+    or describes a network this code cannot build, is a plain UserError: never set aside."""
+
+
+def _first_line(e):
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 class Saved:
     """The metadata of a checkpoint, read without building a model."""
 
@@ -147,7 +157,20 @@ class Saved:
         self.prefix = prefix
         try:
             reader = tf.train.load_checkpoint(prefix)
-            self.config = ModelConfig.from_json(reader.get_tensor(ARCHITECTURE_KEY).decode())
+            found = reader.has_tensor(ARCHITECTURE_KEY)
+            architecture = reader.get_tensor(ARCHITECTURE_KEY).decode() if found else None
+        except Exception as e:       # the reader raises IndexError, OpError, ... on bad files
+            raise TornCheckpoint('%s: not a readable checkpoint of this trainer (%s)'
+                                 % (prefix, _first_line(e))) from None
+        if architecture is None:
+            raise UserError('%s: not a checkpoint of this trainer (it records no network)'
+                            % prefix)
+        try:
+            self.config = ModelConfig.from_json(architecture)
+        except Exception as e:       # a network this code does not know
+            raise UserError('%s: a network this code cannot build (%s)'
+                            % (prefix, _first_line(e))) from None
+        try:
             self.pixel_mean = reader.get_tensor(MEAN_KEY)
             has = reader.has_tensor
             self.step = int(reader.get_tensor(STEP_KEY)) if has(STEP_KEY) else None
@@ -157,9 +180,8 @@ class Saved:
             self.has_ema = any(k.startswith(EMA_PREFIX) for k in names)
             self.has_loss_scale = any(k.startswith(LOSS_SCALE_PREFIX) for k in names)
         except Exception as e:       # the reader raises IndexError, OpError, ... on bad files
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError('%s: not a readable checkpoint of this trainer (%s)'
-                            % (prefix, message)) from None
+            raise TornCheckpoint('%s: not a readable checkpoint of this trainer (%s)'
+                                 % (prefix, _first_line(e))) from None
 
     def check_whole(self):
         """Reads every tensor once: a data file cut off or damaged (each tensor carries a
@@ -169,9 +191,8 @@ class Saved:
             for name in reader.get_variable_to_shape_map():
                 reader.get_tensor(name)
         except Exception as e:       # IndexError (cut off), OpError (checksum), ...
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError('%s: not a readable checkpoint of this trainer (%s)'
-                            % (self.prefix, message)) from None
+            raise TornCheckpoint('%s: not a readable checkpoint of this trainer (%s)'
+                                 % (self.prefix, _first_line(e))) from None
         return self
 
     def check_matches(self, wanted):
@@ -256,7 +277,7 @@ def newest_readable(folder, out=print, may_write=True):
         try:
             saved = Saved(prefix).check_whole()
             break
-        except UserError as e:
+        except TornCheckpoint as e:      # any other refusal stands: nothing is set aside
             unreadable.append((prefix, e))
     else:
         raise unreadable[0][1]
