@@ -91,6 +91,9 @@ def test_a_resume_with_another_teacher_is_refused_and_nothing_is_written(trained
                    str(session_data), out=quiet)
     with pytest.raises(UserError, match='started with the teacher'):
         loop.train(TINY, tiny_recipe(), tiny_options(tmp_path), str(session_data), out=quiet)
+    with pytest.raises(UserError, match='a teacher cannot change during a run'):   # dry run too
+        loop.dry_run(TINY, tiny_recipe(teacher_ckpt=other), tiny_options(tmp_path),
+                     str(session_data), out=quiet)
     assert sorted(os.listdir(tmp_path / 'ckpt')) == before
 
 

@@ -129,9 +129,9 @@ class Restorer:
     (averaged=False: its live weights).
     """
 
-    def __init__(self, saved, precision='float32', out=print, averaged=True):
-        self.net = build(saved.config,
-                         compute_dtype=precision_lib.compute_dtype(precision, warn=out))
+    def __init__(self, saved, precision='float32', out=print, averaged=True, compute_dtype=None):
+        self.net = build(saved.config, compute_dtype=compute_dtype
+                         or precision_lib.compute_dtype(precision, warn=out))
         self.mean = tf.Variable(saved.pixel_mean, trainable=False, name='pixel_mean')
         self.ema = WeightAverage(self.net, 0.0) if saved.has_ema and averaged else None
         self._checkpoint = checkpoint.make(self.net, self.mean, ema=self.ema)

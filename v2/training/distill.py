@@ -37,7 +37,7 @@ def check_teacher(ckpt_path: str, num_classes: int, out=print):
     runs: it must exist and read, and class as many classes as the student's data; one
     that had not finished its own training is said so, and used as it is."""
     try:
-        saved = checkpoint.Saved(checkpoint.find(ckpt_path))
+        saved = checkpoint.Saved(checkpoint.find(ckpt_path)).check_whole()
     except UserError as e:
         raise UserError('teacher_ckpt: %s' % str(e).replace('ckpt_path=', ''),
                         settings=('teacher_ckpt',)) from None
@@ -66,12 +66,13 @@ class Teacher(tf.Module):
             self.net(images + tf.cast(self.shift, images.dtype), training=False), tf.float32))
 
 
-def load_teacher(ckpt_path: str, precision: str, student_mean) -> Teacher:
-    """The teacher restored (its weight averages where it has them), its variables created
-    in the current strategy's scope so that every replica holds a copy."""
+def load_teacher(prefix: str, dtype, student_mean) -> Teacher:
+    """The teacher of checkpoint `prefix` restored (its weight averages where it has them),
+    computing in the student's dtype, its variables created in the current strategy's scope
+    so that every replica holds a copy."""
     from v2.evaluation.evaluate import Restorer
-    saved = checkpoint.Saved(checkpoint.find(ckpt_path))
-    restorer = Restorer(saved, precision, out=lambda line: None)
+    saved = checkpoint.Saved(checkpoint.find(prefix))
+    restorer = Restorer(saved, out=lambda line: None, compute_dtype=dtype)
     net = restorer.load(saved)
     return Teacher(net, np.asarray(student_mean, np.float32) - saved.pixel_mean)
 

@@ -152,6 +152,8 @@ def _train_in(setup, data, data_path, folders, model_config, recipe, options, on
     cluster, out = setup.cluster, setup.out
     saved, model_config = preflight.checkpoint_there(options.ckpt_path, model_config, out,
                                                      may_write=cluster.is_chief)
+    if saved:       # a changed split or teacher is refused before anything is built
+        recipe.changes_from(saved.training_json)
     result = TrainResult(step=0, checkpoint=saved.prefix if saved else None)
     loop = None
     try:
@@ -247,21 +249,28 @@ def dry_run(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data
     if os.path.isdir(options.ckpt_path):
         saved, model_config = preflight.checkpoint_there(options.ckpt_path, model_config,
                                                          setup.out, may_write=False)
+    changes = recipe.changes_from(saved.training_json) if saved else ''   # may refuse
     dtype = precision.compute_dtype(recipe.precision, setup.used, warn=setup.out)
     parameters = count_parameters(build(model_config))
     setup.out(first_line(model_config, parameters, data, data_path, recipe, dtype, setup,
                          'dry run: would resume at step %d from %s' % (saved.step, saved.prefix)
                          if saved else 'dry run: would start at step 0'))
+    if changes and saved.training_json:
+        setup.out('note: would resume with training settings that differ from the '
+                  'checkpoint\'s: %s' % changes)
     _say_faster_precision(recipe, dtype, setup)
     return model_config, data
 
 
 def with_teacher(recipe, model_config, out):
-    """The recipe with its teacher's fingerprint, the teacher checked first (distill)."""
+    """The recipe with its teacher checked (distill) and named exactly: the checkpoint a
+    folder named resolved to, as an absolute prefix, and the fingerprint of its weights."""
     if not recipe.teacher_ckpt:
         return recipe
-    _, fingerprint = distill.check_teacher(recipe.teacher_ckpt, model_config.num_classes, out)
-    return dataclasses.replace(recipe, teacher_fingerprint=fingerprint)
+    saved, fingerprint = distill.check_teacher(recipe.teacher_ckpt, model_config.num_classes,
+                                               out)
+    return dataclasses.replace(recipe, teacher_ckpt=os.path.abspath(saved.prefix),
+                               teacher_fingerprint=fingerprint)
 
 
 def _restored_state(setup, model_config, recipe, options, data, saved):

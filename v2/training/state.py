@@ -52,7 +52,7 @@ class TrainState:
             if recipe.ema_decay:
                 state.ema = WeightAverage(model, recipe.ema_decay)
             if recipe.teacher_ckpt:
-                state.teacher = distill.load_teacher(recipe.teacher_ckpt, recipe.precision, mean)
+                state.teacher = distill.load_teacher(recipe.teacher_ckpt, dtype, mean)
         return state
 
     def checkpoint(self, recipe, loss_scale=True, ema=True):
