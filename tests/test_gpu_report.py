@@ -126,6 +126,8 @@ for line in sys.stdin:
         answer = {'rates': [500.0], 'computed': args['precision'], 'xla': True, 'peak_mib': 1.0}
     else:
         answer = {'seconds': 0.25, 'bytes': 1000}
+    if kind == os.environ.get('FAKE_EMPTY'):
+        answer['rates'] = []
     print(json.dumps(answer), flush=True)
 '''
 
@@ -147,9 +149,10 @@ def markdown_ok(text):
     return True
 
 
-def report(tmp_path, delays, budget_s=60.0, die=None, checkout=None):
+def report(tmp_path, delays, budget_s=60.0, die=None, checkout=None, empty=None):
     """A Report of the rehearsal plan whose worker is the stand-in above."""
-    env = dict(os.environ, FAKE_DELAYS=json.dumps(delays), FAKE_DIE=die or '')
+    env = dict(os.environ, FAKE_DELAYS=json.dumps(delays), FAKE_DIE=die or '',
+               FAKE_EMPTY=empty or '')
     sizes = gpu_report.REHEARSAL_SIZES
     pages = []
 
@@ -184,7 +187,7 @@ def test_every_part_runs_and_the_page_is_whole_after_each(tmp_path):
     text = pages[-1]
     assert '| ResNet-8 | bfloat16 | on | 1 | 1050 | 1000-1100 |' in text
     assert '| ResNet-8 | bfloat16 | on | 3 | 1050 |' in text     # the steps-per-call row
-    assert 'busy 50% of the window' in text
+    assert 'busy 50% (kernel time over the span from the first kernel to the last)' in text
     # The projection: ResNet-20 (the stand-in for 110) at 1050 img/s, batch 16, 64 saves.
     hours = gpu_page.projected_hours(1050, 0.25, 16)
     assert 'take %.2f hours, with a save every 1,000 steps (0.25 s each)' % hours in text
@@ -244,6 +247,14 @@ def test_a_worker_that_dies_fails_its_part_and_the_next_gets_a_new_one(tmp_path)
     after = run.parts[run.parts.index(save) + 1]
     assert after.status == 'done'
     assert os.path.exists(str(tmp_path / 'gpu_test.log'))   # the worker's log kept
+
+
+def test_a_row_without_timed_windows_fails_and_the_page_is_still_written(tmp_path):
+    run, pages = report(tmp_path, {}, empty='keras')
+    run.run()
+    keras = [p for p in run.parts if p.kind == 'keras']
+    assert keras and all(p.status == 'failed' and 'no timed window' in p.why for p in keras)
+    assert 'failed: no timed window came back' in pages[-1]
 
 
 def test_a_card_without_fast_bfloat16_runs_its_rows_in_float16(tmp_path):

@@ -223,7 +223,8 @@ def markdown(report) -> str:
         lines.append('- %s, %s, XLA %s, %s, one host read every %d steps: busy '
                      '%s' % (_net(p), p.result['computed'], 'on' if p.result['xla'] else 'off',
                              _calls(p.args['steps_per_call']), p.args['timing'][2],
-                             '%.0f%% of the window (kernel time over wall time)' % (100 * busy)
+                             '%.0f%% (kernel time over the span from the first kernel to the '
+                             'last)' % (100 * busy)
                              if busy is not None else 'not measured (%s)' % (
                                  p.result.get('profile_error')
                                  or 'no GPU kernels in the profiler trace')))

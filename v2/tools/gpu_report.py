@@ -243,18 +243,20 @@ class Sampler:
         self.samples = []
 
     def start(self):
-        self.samples = []
-        if not self.command:
+        self.samples = []          # a list of this part's own: a late line of the last
+        if not self.command:       # part's reader goes to that part's list
             return
         self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, text=True)
-        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.process, self.samples),
+                         daemon=True).start()
 
-    def _read(self, process):
+    @staticmethod
+    def _read(process, samples):
         for line in process.stdout:
             numbers = [float(v) for v in re.findall(r'\d+(?:\.\d+)?', line)]
             if len(numbers) >= 2 and '[N/A]' not in line:
-                self.samples.append(numbers[:2])
+                samples.append(numbers[:2])
 
     def stop(self):
         """{util_mean, util_max, memory_max} of the samples, or None without any."""
@@ -269,10 +271,10 @@ class Sampler:
                 'memory_max': max(s[1] for s in self.samples)}
 
 
-def smi_command():
+def smi_command(index=0):
     smi = shutil.which('nvidia-smi')
     return [smi, '--query-gpu=utilization.gpu,memory.used', '--format=csv,noheader,nounits',
-            '--id=0', '-lms', '200'] if smi else None
+            '--id=%d' % index, '-lms', '200'] if smi else None
 
 
 @dataclasses.dataclass
@@ -297,6 +299,7 @@ class Report:
     sampler: Sampler
     build: dict = dataclasses.field(default_factory=dict)   # tf.sysconfig.get_build_info()
     driver: str | None = None                                # nvidia-smi's driver version
+    prepare: object = None           # run first, under the signal handlers (the random data)
     started: float = dataclasses.field(default_factory=time.monotonic)
     worker: Worker | None = None
     part_started: float = 0.0
@@ -353,6 +356,8 @@ class Report:
         answer = worker.ask(part.kind, part.args, self.deadline - FINISH_S)
         if 'error' in answer:
             raise PartFailed(answer['error'])
+        if 'rates' in answer and not answer['rates']:
+            raise PartFailed('no timed window came back')
         part.result = answer
 
     def gpu_tier(self, part):
@@ -363,19 +368,26 @@ class Report:
                                                                        self.worker_start_s or 10)
         short = full > self.left()
         env = dict(self.worker_env, CIFAR_GPU_TIER_SHORT='1' if short else '')
+        tier = subprocess.Popen([sys.executable, '-m', 'pytest', '-q', '-rfs', '-m', 'gpu', '-p',
+                                 'no:cacheprovider', 'tests'], cwd=self.checkout, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
         try:
-            run = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-rfs', '-m', 'gpu', '-p',
-                                  'no:cacheprovider', 'tests'], cwd=self.checkout, env=env,
-                                 capture_output=True, text=True, timeout=max(self.left(), 1),
-                                 start_new_session=True)
+            stdout, stderr = tier.communicate(timeout=max(self.left(), 1))
         except subprocess.TimeoutExpired:
             raise Deadline() from None
-        lines = [line for line in run.stdout.splitlines() if line.strip()]
-        result = {'closing': lines[-1] if lines else run.stderr[-300:],
+        finally:                  # the programs the tests started go with it, at any end
+            try:
+                os.killpg(tier.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            tier.wait()
+        lines = [line for line in stdout.splitlines() if line.strip()]
+        result = {'closing': lines[-1] if lines else stderr[-300:],
                   'failures': [line for line in lines if line.startswith('FAILED')],
                   'short': ('about %.0f s needed, %.0f s left' % (full, self.left() + 0))
-                  if short else '', 'returncode': run.returncode}
-        if run.returncode not in (0, 5):
+                  if short else '', 'returncode': tier.returncode}
+        if tier.returncode not in (0, 5):
             part.result = result
             raise PartFailed('the tier failed: %s' % result['closing'])
         return result
@@ -398,6 +410,8 @@ class Report:
         index = 0
         try:
             self.write()
+            if self.prepare:
+                self.prepare()
             while index < len(self.parts):
                 part = self.parts[index]
                 index += 1
@@ -520,6 +534,7 @@ def main(argv):
         raise UserError('TensorFlow sees no GPU here; gpu_report measures one (%s); '
                         '--rehearse runs its plan on the CPU' % devices.GPU_INSTALL)
     build = dict(tf.sysconfig.get_build_info(), version=tf.__version__)
+    index = next((i for kind, i in map(devices.parse, FLAGS.devices) if kind == 'GPU'), 0)
     sizes = REHEARSAL_SIZES if rehearsal else GPU_SIZES
     timing = list(sizes.timing)
     if FLAGS['window_steps'].present or not rehearsal:
@@ -534,7 +549,7 @@ def main(argv):
         header.insert(0, 'rehearsal on the CPU: %s' % devices.cpu_info()[0])
         name, slug = 'Rehearsal of the GPU report on the CPU', 'rehearsal'
     else:
-        details = tf.config.experimental.get_device_details(gpus[0])
+        details = tf.config.experimental.get_device_details(gpus[min(index, len(gpus) - 1)])
         name = details.get('device_name') or 'GPU'
         slug = re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')
         name = 'GPU report: %s' % name
@@ -548,10 +563,10 @@ def main(argv):
     budget_s = 60 * FLAGS.budget_minutes
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as folder:
-        data_path = FLAGS.data_path
-        if not data_path:
+        data_path = FLAGS.data_path or os.path.join(folder, 'data')
+
+        def random_data():         # run by the report, under its signal handlers
             from v2.tools import benchmark
-            data_path = os.path.join(folder, 'data')
             os.makedirs(data_path)
             benchmark.write_random_cifar10(data_path, *sizes.records)
         report = Report(
@@ -563,13 +578,14 @@ def main(argv):
                          json.dumps({'devices': list(FLAGS.devices), 'tf32': FLAGS.tf32})],
             worker_env=env, log_path=os.path.join(folder, 'worker.log'), sizes=sizes,
             data_path=data_path, folder=folder, checkout=checkout,
-            sampler=Sampler(None if rehearsal else smi_command()),
+            sampler=Sampler(None if rehearsal else smi_command(index)),
             timing_note='Images/second of the trainer on its real input pipeline and loop '
                         '(median of %d windows of %d steps after %d warm-up steps, batch %d, '
                         'one host read a window).' % (sizes.timing[1], sizes.timing[2],
                                                        sizes.timing[0] * sizes.timing[2],
                                                        sizes.batch),
             build=build, driver=driver, started=started,
+            prepare=None if FLAGS.data_path else random_data,
             out=lambda line: print(line, flush=True))
         print('%s: writing %s as it goes (budget %.1f minutes)' % (name, page,
                                                                  FLAGS.budget_minutes),

@@ -134,7 +134,8 @@ class Measure:
         return {'rates': timed, 'computed': self._dtype(precision).name, 'xla': bool(xla),
                 'tf32': tf32, 'peak_mib': self._peak_mib(),
                 'train_flops': 6 * model.multiply_adds(model.build(config)),
-                'first_line': lines[0] if lines else '', 'busy': busy,
+                'first_line': next((line for line in lines if 'trainable parameters' in line),
+                                   ''), 'busy': busy,
                 'profiled': bool(profile), 'profile_error': problems[0] if problems else ''}
 
     def keras(self, *, depth, precision, timing, batch, data_path):
