@@ -135,7 +135,7 @@ def test_the_switches_compare_each_option_with_the_recipe(toy_run, session_data,
     assert '| cutout | cutout of 16x16' in (tmp_path / 'switches.md').read_text()
     # distill trained its ResNet-56 teacher first, and the student names it in its recipe.
     work = toy_run / 'work'
-    teacher = work / 'teacher_resnet56_seed1'
+    teacher = work / 'resnet56_seed1'
     student = tf.train.load_checkpoint(
         tf.train.latest_checkpoint(str(work / 'distill_resnet8_seed1')))
     assert str(teacher) in student.get_tensor('training/.ATTRIBUTES/VARIABLE_VALUE').decode()

@@ -139,6 +139,8 @@ def test_mixing_compiles_with_xla_to_the_same_batch():
     mixing = Mixing(mixup_alpha=1.0, cutmix_alpha=1.0, cutmix_prob=0.5)
     compiled_mix = tf.function(lambda x, y, k: pipeline.mix(x, y, 10, k, mixing),
                                jit_compile=True)
+    cuts = [draws(mixing, (2, step))[1] for step in (0, 1, 2)]
+    assert cuts == [False, False, True]                 # both kinds of batch are compiled
     for step in (0, 1, 2):
         key = tf.constant((2, step), tf.int64)
         plain = pipeline.mix(tf.constant(images), tf.constant(labels), 10, key, mixing)

@@ -490,9 +490,9 @@ def switches(grid, config, chosen):
     before = []
     if 'distill' in chosen and not teacher:     # else a ResNet-56 of the recipe, seed 1, first
         teacher_config = dataclasses.replace(config, num_layers=TEACHER_LAYERS)
-        teacher_run = Run(dict(variant='teacher', seed=1),
-                          run_folder(grid.folder, teacher_config, 1, prefix='teacher_'),
-                          teacher_config, dataclasses.replace(recipe, seed=1))
+        teacher_run = Run(dict(variant='teacher', seed=1),   # figure6's own, where it has run
+                          run_folder(grid.folder, teacher_config, 1), teacher_config,
+                          dataclasses.replace(recipe, seed=1))
         before, teacher = [teacher_run], teacher_run.folder
 
     def run_of(variant, seed):          # the default runs are figure6's and table's
