@@ -326,7 +326,9 @@ def test_the_rehearsal_ends_within_its_budget_and_its_page_says_what_ran(tmp_pat
     assert markdown_ok(page)
     assert 'Traceback' not in err
     assert '| ResNet-20 | ' in page                        # the headline row ran
-    assert 'skipped: needs about' in page or status == 0
+    # What did not fit was skipped by its estimate or, on a busy machine, stopped at the
+    # deadline: either way listed, with the reason.
+    assert status == 0 or 'skipped: needs about' in page or 'stopped: at the deadline' in page
     assert 'Headline: ResNet-20 at' in page
     assert ('exit', status) == ('exit', 0 if 'complete: every planned part ran' in page else 1)
 
