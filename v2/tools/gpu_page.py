@@ -150,7 +150,7 @@ def table(header, rows, right=()):
     return lines + ['| %s |' % ' | '.join(str(c).replace('|', '/') for c in row) for row in rows]
 
 
-def _status(part):
+def status_line(part):
     if part.status == 'done':
         return 'done in %.0f s' % part.seconds
     return '%s: %s' % (part.status, part.why) if part.why else part.status
@@ -186,7 +186,7 @@ def markdown(report) -> str:
         lines += ['', 'Of ResNet-%d at batch %d in %s, on %s.' % (
             device.args['depth'], device.args['batch'], r['computed'], ', '.join(r['devices']))]
     else:
-        lines.append('Not measured (%s).' % _status(parts[0]))
+        lines.append('Not measured (%s).' % status_line(parts[0]))
     lines += ['', '## Training speed', '', report.timing_note, '']
     ran = [p for p in parts if p.kind == 'row' and p.status == 'done']
     lines += table(['network', 'computed', 'XLA', 'steps/call', 'img/s', 'min-max', 'TFLOP/s',
@@ -243,7 +243,7 @@ def markdown(report) -> str:
     else:
         lines.append('Not run: %s.' % (tier.why or tier.status if tier else 'not planned'))
     lines += ['', '## Every part', '']
-    lines += table(['part', 'status'], [[p.title, _status(p)] for p in parts])
+    lines += table(['part', 'status'], [[p.title, status_line(p)] for p in parts])
     return '\n'.join(lines).rstrip('\n') + '\n'
 
 

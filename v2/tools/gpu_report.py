@@ -438,7 +438,7 @@ class Report:
                 finally:
                     part.seconds = time.monotonic() - start
                     part.smi = self.sampler.stop()
-                self.out('%s: %s' % (part.title, gpu_page._status(part)))
+                self.out('%s: %s' % (part.title, gpu_page.status_line(part)))
                 if part.kind == 'device' and part.status == 'done':
                     self.replan(part)
                 elif part.kind == 'device':
