@@ -24,13 +24,18 @@ np.save(sys.argv[4], out['classes'].numpy())
 '''
 
 
+def export_run(trained, session_data, folder, *extra):
+    """The evaluator's export of the trained run into `folder`, as a user runs it."""
+    status, line = app.call(evaluator.main, ['run_evaluator.py', '--ckpt_path=%s' % (
+        trained / 'ckpt'), '--export_dir=%s' % folder, '--data_path=%s' % session_data,
+        *extra], flags.EVALUATOR)
+    assert status == 0, line
+
+
 @pytest.fixture(scope='module')
 def exported(trained, session_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp('export') / 'saved'
-    status, line = app.call(evaluator.main, ['run_evaluator.py', '--ckpt_path=%s' % (
-        trained / 'ckpt'), '--export_dir=%s' % folder, '--data_path=%s' % session_data,
-        '--tflite=float32'], flags.EVALUATOR)
-    assert status == 0, line
+    export_run(trained, session_data, folder, '--tflite=float32')
     return folder
 
 
@@ -142,10 +147,7 @@ def test_the_export_of_a_run_with_weight_averages_serves_them_unless_told_otherw
 @pytest.mark.slow
 def test_every_tflite_kind_stays_within_its_bounds(trained, session_data, tmp_path, capsys):
     folder = tmp_path / 'saved'
-    status, line = app.call(evaluator.main, ['run_evaluator.py', '--ckpt_path=%s' % (
-        trained / 'ckpt'), '--export_dir=%s' % folder, '--data_path=%s' % session_data,
-        '--tflite=float32,float16,int8'], flags.EVALUATOR)
-    assert status == 0, line
+    export_run(trained, session_data, folder, '--tflite=float32,float16,int8')
     out = capsys.readouterr().out
     sizes = {kind: (folder / ('model_%s.tflite' % kind)).stat().st_size
              for kind in export.TFLITE_KINDS}
@@ -178,10 +180,7 @@ def test_the_onnx_file_agrees_with_the_saved_model(trained, session_data, tmp_pa
     here in IEEE float32: the same float32 arithmetic in another order."""
     import onnxruntime
     folder = tmp_path / 'saved'
-    status, line = app.call(evaluator.main, ['run_evaluator.py', '--ckpt_path=%s' % (
-        trained / 'ckpt'), '--export_dir=%s' % folder, '--data_path=%s' % session_data,
-        '--onnx'], flags.EVALUATOR)
-    assert status == 0, line
+    export_run(trained, session_data, folder, '--onnx')
     printed = capsys.readouterr().out
     assert 'model.onnx' in printed and 'top-1 agreement with the SavedModel' in printed
     images, labels = _test_set(session_data)
