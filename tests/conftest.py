@@ -14,6 +14,7 @@ each test skipped with the reason where TensorFlow sees none.
 
 import os
 import pathlib
+import platform
 import re
 import shutil
 import subprocess
@@ -29,6 +30,10 @@ def gpu_tier(config):
 
 
 def pytest_configure(config):
+    # TensorFlow's oneDNN kernels on every x86 CPU, as the commands ask for them (v2.cli):
+    # the tests then compute as the programs do, and TensorFlow reads this when it loads.
+    if platform.machine().lower() in ('x86_64', 'amd64'):
+        os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
     if gpu_tier(config):
         import tensorflow as tf
         for gpu in tf.config.list_physical_devices('GPU'):     # room for the programs it starts

@@ -64,6 +64,8 @@ PROGRAMS = {
 }
 CONSOLE = {name: target.split(':')[0] for name, target in
            tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['scripts'].items()}
+# Tools that define their own flags when run (define_flags), parsed in flags of their own.
+OWN_FLAGS = ('v2.tools.torch_resnet',)
 # Processes our programs start, not users: their module must exist.
 INTERNAL = ('v2.tools.gpu_worker',)
 # Commands that are not ours, checked only for the files they name.
@@ -161,6 +163,14 @@ def test_every_command_in_the_docs_parses_and_names_files_that_exist(where, comm
     if key is None:
         if words[:2] == ['python', '-m'] and words[2] in INTERNAL:
             assert importlib.util.find_spec(words[2])
+        elif words[:2] == ['python', '-m'] and words[2] in OWN_FLAGS:
+            from absl import flags as absl_flags
+            own_flags = absl_flags.FlagValues()
+            importlib.import_module(words[2]).define_flags(own_flags)
+            try:
+                assert not own_flags([words[2], *words[3:]])[1:], 'unexpected arguments'
+            except absl_flags.Error as e:
+                pytest.fail('does not parse: %s' % e)
         elif words[:3] == ['python', '-m', 'pytest']:
             assert all((ROOT / w).exists() for w in words[3:] if w.startswith('tests/'))
         else:

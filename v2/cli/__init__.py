@@ -16,9 +16,17 @@ that the processes a command starts choose for themselves. A user who sets
 TF_CPP_MIN_LOG_LEVEL gets exactly that level and sees everything at start-up. The
 library (v2.data, v2.nets, v2.training, v2.evaluation) does nothing of the kind
 when imported.
+
+On x86 CPUs the commands also ask TensorFlow for its oneDNN kernels, unless
+TF_ENABLE_ONEDNN_OPTS is set: TensorFlow turns them on by itself only where the CPU
+has AVX512-VNNI, AVX512-BF16 or AMX, and on a CPU with AVX2 alone its own (Eigen)
+convolution gradients make a training step about half as fast (docs/performance.md).
+The variable is read once, when TensorFlow loads, so it is set before the import and
+kept: the processes a command starts make the same choice.
 """
 
 import os
+import platform
 import re
 import sys
 import tempfile
@@ -44,6 +52,13 @@ def replayed(captured: str, driver: bool) -> list[str]:
         if keep:
             lines.append(line)
     return lines
+
+
+def use_onednn():
+    """TF_ENABLE_ONEDNN_OPTS=1 on an x86 CPU unless it is set (see above); before TensorFlow
+    is imported, or it has no effect."""
+    if platform.machine().lower() in ('x86_64', 'amd64'):
+        os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
 
 
 def _import_tensorflow_quietly():
@@ -72,4 +87,5 @@ def _import_tensorflow_quietly():
             sys.stderr.write(line + '\n')
 
 
+use_onednn()
 _import_tensorflow_quietly()
