@@ -95,7 +95,7 @@ def write_cifar(folder, train_per_file=16, test_records=24, seed=0):
 
 def tiny_options(folder, **changes):
     """RunOptions of a tiny in-process run writing into `folder`."""
-    from v2.training.recipe import RunOptions
+    from v2.training.options import RunOptions
     settings = dict(ckpt_path=str(folder / 'ckpt'), log_path=str(folder / 'logs'),
                     log_per_iterations=3)
     settings.update(changes)

@@ -19,7 +19,8 @@ from conftest import ROOT, quiet
 
 from v2.nets.model import ModelConfig
 from v2.training import loop
-from v2.training.recipe import Recipe, RunOptions
+from v2.training.options import RunOptions
+from v2.training.recipe import Recipe
 from v2.training.schedule import Schedule
 
 RECIPE = Recipe(batch_size=64, num_iterations=400, weight_decay=1e-4, momentum=0.9,

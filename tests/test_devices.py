@@ -135,7 +135,7 @@ def test_the_evaluator_refuses_a_gpu_that_is_not_there_or_two(monkeypatch):
 
 def test_the_trainer_takes_tensorflows_full_name_for_a_gpu(monkeypatch):
     calls = fake_gpus(monkeypatch)
-    devices.setup('default', ('/job:localhost/replica:0/task:0/device:GPU:2',), out=quiet)
+    devices.setup('default', devices=('/job:localhost/replica:0/task:0/device:GPU:2',), out=quiet)
     assert ('visible', ('gpu2',)) in calls
 
 

@@ -71,19 +71,19 @@ def test_xla_by_default_on_gpus_only():
 def test_device_setup_turns_on_memory_growth_and_keeps_one_gpu(monkeypatch):
     calls = fake_gpus(monkeypatch)
     gpus = ['gpu0', 'gpu1', 'gpu2']
-    used = devices.setup('default', ('/gpu:2',), tf32=False)
+    used = devices.setup('default', devices=('/gpu:2',), tf32=False)
     assert [c for c in calls if c[0] == 'growth'] == [('growth', g, True) for g in gpus]
     assert ('visible', ('gpu2',)) in calls and ('tf32', False) in calls
     assert str(used[0]) == 'NVIDIA H100 80GB HBM3 (compute capability 9.0)'
     calls.clear()
-    assert len(devices.setup('mirrored', (), tf32=True)) == 3
+    assert len(devices.setup('mirrored', tf32=True)) == 3
     assert ('visible', tuple(gpus)) in calls
     with pytest.raises(Exception, match='devices=/gpu:7: no device /gpu:7 here'):
-        devices.setup('default', ('/gpu:7',))
+        devices.setup('default', devices=('/gpu:7',))
 
 
 def test_on_this_cpu_the_run_names_it():
-    used = devices.setup('default', (), out=quiet)
+    used = devices.setup('default', out=quiet)
     assert used[0].kind == 'CPU' and str(used[0]).startswith('CPU ')
 
 

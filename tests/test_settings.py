@@ -24,6 +24,7 @@ from v2.nets import model
 from v2.nets.model import ModelConfig
 from v2.runtime import distribution
 from v2.training import inputs, loop
+from v2.training.options import RunOptions
 from v2.training.recipe import Recipe
 from v2.training.schedule import Schedule
 from v2.training.state import TrainState
@@ -52,18 +53,21 @@ def batch(seed=0, size=8, prepared=True):
 
 
 def state_of(the_recipe, cluster=ONE, config=TINY):
-    return TrainState.create(config, the_recipe, cluster.strategy, tf.float32, MEAN)
+    return TrainState.create(config, the_recipe, strategy=cluster.strategy, dtype=tf.float32,
+                             mean=MEAN)
 
 
 def train(state, the_recipe, batches, steps=1, cluster=ONE):
-    """Runs `steps` steps of the trainer's traced step; returns the window's sums by name."""
-    train_steps = state.train_steps(the_recipe, cluster.strategy)
+    """Runs `steps` steps of the trainer's traced step (the state's recipe, which is
+    `the_recipe`); returns the window's sums by name."""
+    assert state.recipe == the_recipe and state.strategy is cluster.strategy
+    train_steps = state.train_steps()
     data = tf.data.Dataset.from_tensor_slices(tuple(np.stack(b) for b in zip(*batches)))
     if cluster.distributed:
         data = cluster.strategy.experimental_distribute_dataset(
             data.unbatch().batch(the_recipe.batch_size))
     train_steps(iter(data), tf.constant(steps, tf.int32))
-    return state.window_reader(cluster.strategy)()
+    return state.window_reader()()
 
 
 def weights(net):
@@ -268,15 +272,16 @@ def test_two_replicas_keep_the_mean_of_their_batch_norm_statistics(two_replicas,
     def check(got, expected):
         np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(got[1], expected[1], rtol=1e-4)
-    prefix = state.checkpoint(the_recipe).save(str(tmp_path / 'ckpt'))
+    prefix = state.checkpoint().save(str(tmp_path / 'ckpt'))
     restored = model.build(TINY)                       # TensorFlow's reading of the checkpoint
     tf.train.Checkpoint(model=restored).read(prefix).expect_partial()
     check(statistics(restored), live)
     check(statistics(evaluate.load_network(prefix, out=quiet)[0]), averaged)
     evaluation = types.SimpleNamespace(evaluation=(np.zeros([2, 32, 32, 3], np.uint8),
                                                    labels[:2]), evaluation_split='test')
-    action = actions.Evaluate(state, evaluation, 1, 2, TINY, tf.float32,
-                              tf.summary.create_noop_writer(), quiet)
+    action = actions.Evaluate(state=state, data=evaluation,
+                              options=RunOptions('unused', eval_every=1, eval_batch_size=2),
+                              writer=tf.summary.create_noop_writer(), out=quiet)
     action(1)
     check(statistics(action.net), averaged)
 
@@ -379,7 +384,7 @@ def test_a_resumed_run_goes_on_from_the_checkpoints_weight_averages(session_data
     first = loop.train(TINY, the_recipe, tiny_options(tmp_path), str(session_data), out=quiet)
     reader = tf.train.load_checkpoint(first.checkpoint)
     state = state_of(the_recipe)
-    state.restore(the_recipe, checkpoint.Saved(first.checkpoint), quiet)
+    state.restore(checkpoint.Saved(first.checkpoint), quiet)
     saved = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
              if k.startswith('ema/')}
     assert len(saved) == len(state.ema.averages)

@@ -8,12 +8,12 @@ experiments train is what the trainer runs.
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from conftest import quiet
 
 from v2.cli import app, flags, trainer
 from v2.nets import layers
 from v2.tools import benchmark, experiments
+from v2.training import loop
 from v2.training.state import TrainState
 
 FLAGS = ['--num_layers=8', '--batch_size=8', '--label_smoothing=0.1', '--cutout=8',
@@ -44,8 +44,8 @@ def test_the_benchmark_and_the_experiments_train_the_trainers_state(session_data
     seen = {}
     real = TrainState.step_parts
 
-    def spy(state, recipe):
-        parts = real(state, recipe)
+    def spy(state):
+        parts = real(state)
         seen.setdefault(who, described(state, parts))
         return parts
     monkeypatch.setattr(TrainState, 'step_parts', spy)
@@ -57,10 +57,11 @@ def test_the_benchmark_and_the_experiments_train_the_trainers_state(session_data
     who = 'benchmark'
 
     def time_in_memory(argv):
-        benchmark.time_in_memory_step(
-            flags.model_config(), flags.recipe(), flags.run_options(
-                flags.model_config(), ckpt_path=str(tmp_path / 'bench')), tf.float32,
-            benchmark.Timing(1, 1, 1), False, [benchmark.devices.Device('CPU', 'this CPU')])
+        config, the_recipe = flags.model_config(), flags.recipe()
+        options = flags.run_options(config, ckpt_path=str(tmp_path / 'bench'))
+        benchmark.time_in_memory_step(config, the_recipe, options,
+                                      loop.set_up(config, the_recipe, options, quiet),
+                                      benchmark.Timing(1, 1, 1))
     status, line = app.call(time_in_memory, ['benchmark', data, *FLAGS], flags.BENCHMARK)
     assert status == 0, line
     who = 'experiments'

@@ -14,6 +14,7 @@ from v2.errors import UserError
 from v2.nets.model import ModelConfig
 from v2.runtime import checkpoint
 from v2.training import actions, inputs, loop, preflight
+from v2.training.options import RunOptions
 from v2.training.schedule import Schedule
 from v2.training.step import WINDOW, WindowReader
 
@@ -315,8 +316,9 @@ def test_the_progress_line_prints_each_window_mean_under_its_name():
     window's last step (0.005 from step 4 on: step 5's line), and the skipped step."""
     sums = dict(zip(WINDOW, (6.3, 4.5, 1.8, 0.75, 0.15, 3.0, 1.0, -1.0)), stop=0.0, save=0.0)
     lines = []
-    log = actions.Log(tiny_recipe(), 4, lambda stop, save: dict(sums),
-                      tf.summary.create_noop_writer(), lines.append)
+    log = actions.Log(recipe=tiny_recipe(), options=RunOptions('unused', log_per_iterations=4),
+                      reader=lambda stop, save: dict(sums),
+                      writer=tf.summary.create_noop_writer(), out=lines.append)
     log.count(4)
     log(5, False, False)
     line, = lines

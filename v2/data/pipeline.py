@@ -245,10 +245,10 @@ def augmented_batches(images, labels, mean, batch_size, seed, start_step, num_st
 def eval_batches(images, labels, batch_size: int) -> tf.data.Dataset:
     """The whole evaluation set in order, uint8, in batches of at most batch_size.
 
-    tf.data's autotuning is off here. Every evaluation starts a new iterator, and
-    on 2 cores the autotuner's start-up then competed with the model for the CPU:
-    about one ResNet-56 pass in three took 1.7 s (50%) longer. Slicing a batch
-    costs far less than the model, so one batch prepared ahead is enough.
+    tf.data's autotuning is off here. Every evaluation starts a new iterator, and on a
+    CPU of few cores the autotuner's start-up then competes with the model for it
+    (docs/performance.md, "Why the code is as it is"). Slicing a batch costs far less
+    than the model, so one batch prepared ahead is enough.
     """
     options = tf.data.Options()
     options.autotune.enabled = False

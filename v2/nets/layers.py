@@ -54,7 +54,8 @@ def symmetric_pad(x, kernel_size, stride):
     The window of output i starts at input row i*stride - (k-1)//2. The rows at the
     bottom and right that such a window never reaches are left out. This padding plus
     a VALID convolution runs on oneDNN's fast kernels; TensorFlow's explicit
-    `padding=[[...]]` falls off them in bfloat16 here (15x slower).
+    `padding=[[...]]` falls off them in bfloat16 (docs/performance.md, "Why the code is
+    as it is").
     """
     before = (kernel_size - 1) // 2
     pads = [[0, 0]]
@@ -230,6 +231,7 @@ class Factory:
     built. Layers draw from `rng` in the order they are made.
     """
     rng: tf.random.Generator
+    _: dataclasses.KW_ONLY                  # the options by name: a swap would be silent
     strided_padding: str = 'symmetric'
     bn_momentum: float = BN_MOMENTUM
     sync_batch_norm: bool = False

@@ -160,7 +160,7 @@ def units_per_stage(config):
     return (d - 2) // 6
 
 
-def build(config: ModelConfig, seed: int = 0, compute_dtype: tf.DType = tf.float32,
+def build(config: ModelConfig, *, seed: int = 0, compute_dtype: tf.DType = tf.float32,
           bn_momentum: float = layers.BN_MOMENTUM, sync_batch_norm: bool = False,
           zero_init_residual: bool = False, norm_class: type = layers.BatchNorm) -> tf.Module:
     """The network a ModelConfig describes, with `config` attached as net.config.
@@ -172,8 +172,10 @@ def build(config: ModelConfig, seed: int = 0, compute_dtype: tf.DType = tf.float
     layers.Factory).
     """
     c = config
-    make = layers.Factory(tf.random.Generator.from_seed(seed), c.strided_padding, bn_momentum,
-                          sync_batch_norm, c.dropout_rate, zero_init_residual, norm_class)
+    make = layers.Factory(tf.random.Generator.from_seed(seed), strided_padding=c.strided_padding,
+                          bn_momentum=bn_momentum, sync_batch_norm=sync_batch_norm,
+                          dropout_rate=c.dropout_rate, zero_init_residual=zero_init_residual,
+                          norm_class=norm_class)
     if c.model == 'vgg':
         net = VGG(c.num_layers, make, c.num_classes, compute_dtype)
     else:

@@ -32,7 +32,7 @@ BEST_FOLDER = 'best'
 BEST_RECORD = 'best.json'
 
 
-def make(model, pixel_mean, step=None, optimizer=None, training_json='', loss_scale=None,
+def make(model, pixel_mean, *, step=None, optimizer=None, training_json='', loss_scale=None,
          ema=None):
     """The tf.train.Checkpoint of a run, the one place its layout is set (the keys above):
     the trainer's (TrainState.checkpoint) and the evaluator's (evaluate.Restorer), which

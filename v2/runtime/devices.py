@@ -124,7 +124,7 @@ def check_gpus_seen(physical, devices: Sequence[str], out: Callable):
             'on the CPU; %s' % (driver, GPU_INSTALL))
 
 
-def setup(strategy: str, devices: Sequence[str] = (), tf32: bool = True,
+def setup(strategy: str, *, devices: Sequence[str] = (), tf32: bool = True,
           out: Callable = print, cpu_devices: int = 0) -> list[Device]:
     """Sets up the GPUs for a run (before any other TensorFlow work); returns those it uses.
 
@@ -211,15 +211,20 @@ def describe(gpus) -> list[Device]:
     return records
 
 
+def on_gpu(used: Sequence[Device]) -> bool:
+    """Whether any of these devices is a GPU."""
+    return any(d.kind == 'GPU' for d in used)
+
+
 def jit_by_default(used: Sequence[Device]) -> bool:
     """XLA on GPUs, not on CPUs.
 
-    On the 2-core CPUs measured here XLA made the ResNet-20 step 1.9x slower (its CPU
-    convolutions are not oneDNN's). On GPUs it fuses batch norm, ReLU and the
+    XLA's CPU convolutions are not oneDNN's, and the CPU step is slower with it
+    (docs/performance.md has the figures). On GPUs it fuses batch norm, ReLU and the
     additions around cuDNN's convolutions, the usual win for small convnets;
     `python -m v2.tools.benchmark --jit_compile=false` measures it on a given card.
     """
-    return any(d.kind == 'GPU' for d in used)
+    return on_gpu(used)
 
 
 @contextlib.contextmanager

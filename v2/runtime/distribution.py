@@ -148,7 +148,7 @@ class Cluster:
         if self.name == 'mirrored':
             return 'mirrored over %d replicas (%s%s)' % (
                 self.replicas, ', '.join(self.strategy.extended.worker_devices),
-                '; ' + names if any(d.kind == 'GPU' for d in used) else '')
+                '; ' + names if devices_lib.on_gpu(used) else '')
         return 'multi_worker: worker %d of %d%s, %d replicas in all%s' % (
             self.worker_index, self.num_workers, ' (chief)' if self.is_chief else '',
             self.replicas, ' (%s)' % names if names else '')
@@ -191,7 +191,7 @@ def read_tf_config():
     return len(workers), index
 
 
-def make_cluster(name, devices=(), cpu_devices=0, worker_timeout=0, gpus=False):
+def make_cluster(name, *, devices=(), cpu_devices=0, worker_timeout=0, gpus=False):
     """The Cluster for distribution_strategy; call it before any other TensorFlow work.
 
     With GPUs, replicas all-reduce through NCCL. worker_timeout (seconds; 0: none)
@@ -214,9 +214,9 @@ def make_cluster(name, devices=(), cpu_devices=0, worker_timeout=0, gpus=False):
             devices = ()                # every visible GPU: devices.setup() kept the run's own
         if not devices and cpu_devices > 1:
             devices = [d.name for d in tf.config.list_logical_devices('CPU')]
-        known = {_device_key(d.name) for kind in ('CPU', 'GPU')
+        known = {devices_lib.canonical(d.name) for kind in ('CPU', 'GPU')
                  for d in tf.config.list_logical_devices(kind)}
-        unknown = [d for d in devices if _device_key(d) not in known]
+        unknown = [d for d in devices if devices_lib.canonical(d) not in known]
         if unknown:
             raise UserError('devices=%s: no device %s here; this machine has %s'
                             % (','.join(devices), unknown[0], ', '.join(sorted(known))),
@@ -231,11 +231,6 @@ def make_cluster(name, devices=(), cpu_devices=0, worker_timeout=0, gpus=False):
         timeout_seconds=worker_timeout or None)
     strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     return Cluster(strategy, name, num_workers, index)
-
-
-def _device_key(name):
-    """'/device:GPU:0', '/gpu:0', 'GPU:0' and the full job name all name the same device."""
-    return devices_lib.canonical(name)
 
 
 def check_batch(batch_size, cluster):

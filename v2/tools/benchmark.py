@@ -37,10 +37,10 @@ from v2.data import cifar, pipeline
 from v2.errors import UserError
 from v2.evaluation.evaluate import Evaluator
 from v2.nets import model
-from v2.runtime import devices, distribution, memory
+from v2.runtime import distribution, memory
 from v2.runtime import precision as precision_lib
 from v2.tools import conv_timing
-from v2.training import inputs, loop, preflight
+from v2.training import loop
 from v2.training.state import TrainState
 
 FLAGS = flags.FLAGS
@@ -109,32 +109,32 @@ def time_trainer(model_config, recipe, options, data_path, timing):
     return timing.timed(rates)
 
 
-def time_in_memory_step(model_config, recipe, options, dtype, timing, jit, used):
+def time_in_memory_step(model_config, recipe, options, setup, timing):
     """Images/second of the trainer's traced step fed one batch held in memory.
 
     The state and step are the trainer's own (TrainState.create and train_steps: every
-    setting of the recipe), under the same strategy, and the batch takes the trainer's
-    way to the device (prefetched to the GPU, or split into per-replica batches); it
-    is uint8 where the trainer prepares its batches in the step and float32, prepared
-    once, where it prepares them on the host. What this leaves out, next to the
-    trainer's rate, is the input pipeline's reading, shuffling and preparation.
-    Every window runs exactly timing.steps steps, in calls of options.steps_per_call.
+    setting of the recipe), under the strategy, dtype and XLA of the trainer's set-up
+    (`setup`, v2.training.loop.set_up), and the batch takes the trainer's way to the
+    device (prefetched to the GPU, or split into per-replica batches); it is uint8
+    where the trainer prepares its batches in the step and float32, prepared once,
+    where it prepares them on the host. What this leaves out, next to the trainer's
+    rate, is the input pipeline's reading, shuffling and preparation. Every window runs
+    exactly timing.steps steps, in calls of options.steps_per_call.
     """
-    on_gpu = any(d.kind == 'GPU' for d in used)
-    cluster = distribution.make_cluster(options.distribution_strategy, options.devices,
-                                        options.cpu_devices, gpus=on_gpu)
+    cluster = setup.cluster
     mean = np.full([32, 32, 3], 120.0, np.float32)
-    state = TrainState.create(model_config, recipe, cluster.strategy, dtype, mean)
-    steps = state.train_steps(recipe, cluster.strategy, jit)
-    read_window = state.window_reader(cluster.strategy)
+    state = TrainState.create(model_config, recipe, strategy=cluster.strategy,
+                              dtype=setup.dtype, mean=mean)
+    steps = state.train_steps(setup.jit)
+    read_window = state.window_reader()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, [recipe.batch_size, 32, 32, 3], dtype=np.uint8)
     labels = rng.integers(0, model_config.num_classes, [recipe.batch_size], dtype=np.int32)
-    if inputs.prepares_on_host(options.prepare_batches, on_gpu, cluster):
+    if setup.on_host:
         images = pipeline.normalize(images, mean)
     batches = iter(distribution.distribute_batches(
         cluster, lambda: tf.data.Dataset.from_tensors((images, labels)).repeat(),
-        recipe.batch_size, on_gpu))
+        recipe.batch_size, setup.on_gpu))
     rates = []
     for _ in range(timing.warmup_windows + timing.windows):
         start = time.perf_counter()
@@ -219,88 +219,83 @@ def main(argv):
         raise UserError('--distribution_strategy=multi_worker: the benchmark times one machine; '
                         'run it with mirrored on one worker\'s GPUs')
     recipe = flags.recipe()
-    used = devices.setup(FLAGS.distribution_strategy, tuple(FLAGS.devices), FLAGS.tf32,
-                         cpu_devices=FLAGS.cpu_devices)
-    dtype = precision_lib.compute_dtype(recipe.precision, used)
-    replicas = (max(len(used), FLAGS.cpu_devices, 1)
-                if FLAGS.distribution_strategy == 'mirrored' else 1)
-    jit = preflight.use_xla(FLAGS.jit_compile, recipe, model_config, replicas, used)
-    b = recipe.batch_size
     timing = Timing(-(-FLAGS.warmup_steps // FLAGS.window_steps), FLAGS.windows,
                     FLAGS.window_steps)
-    macs = model.multiply_adds(model.build(model_config))
-    gflops = 6 * macs / 1e9
-    print('device: %s' % ', '.join(str(d) for d in used))
-    print('%s, batch %d, %s (%s compute), XLA %s, %d step(s) per call; %d warm-up steps, then '
-          '%d windows of %d steps' % (model_config.describe(), b, recipe.precision, dtype.name,
-                                      'on' if jit else 'off', FLAGS.steps_per_call,
-                                      timing.warmup_windows * timing.steps, timing.windows,
-                                      timing.steps))
-    print('forward: %.1f M multiply-adds per image (convolutions and linear layer); a training '
-          'image costs %.3f GFLOP (x2 per multiply-add, x3 for forward + backward)'
-          % (macs / 1e6, gflops))
-    try:
-        return measure(model_config, recipe, used, dtype, jit, timing, macs, gflops)
-    except memory.OOM as e:
-        raise memory.out_of_memory(e, doing='timing', network=model_config.describe(),
-                                   batch_size=b, precision=recipe.precision,
-                                   used=used) from None
-
-
-def measure(model_config, recipe, used, dtype, jit, timing, macs, gflops):
-    """The measurements and their table, once the settings are printed."""
-    b = recipe.batch_size
     with tempfile.TemporaryDirectory() as folder:
-        data_path = FLAGS.data_path
-        if not data_path:
-            data_path = os.path.join(folder, 'data')
-            os.makedirs(data_path)
-            write_random_cifar10(data_path)
         options = flags.run_options(model_config, ckpt_path=os.path.join(folder, 'ckpt'),
-                                    log_path=os.path.join(folder, 'logs'), jit_compile=jit)
-        if FLAGS.rss_steps:
-            steps = sorted(int(s) for s in FLAGS.rss_steps)
-            marks = memory_over_steps(model_config, recipe, options, data_path, steps)
-            for step in steps:
-                print('resident memory after step %6d: %8.1f MiB' % (step, marks[step]))
-            print('growth from step %d to %d: %+.1f MiB' % (steps[0], steps[-1],
-                                                           marks[steps[-1]] - marks[steps[0]]))
+                                    log_path=os.path.join(folder, 'logs'))
+        setup = loop.set_up(model_config, recipe, options, print)     # the trainer's own
+        macs = model.multiply_adds(model.build(model_config))
+        gflops = 6 * macs / 1e9
+        print('device: %s' % ', '.join(str(d) for d in setup.used))
+        print('%s, batch %d, %s (%s compute), XLA %s, %d step(s) per call; %d warm-up steps, '
+              'then %d windows of %d steps'
+              % (model_config.describe(), recipe.batch_size, recipe.precision, setup.dtype.name,
+                 'on' if setup.jit else 'off', FLAGS.steps_per_call,
+                 timing.warmup_windows * timing.steps, timing.windows, timing.steps))
+        print('forward: %.1f M multiply-adds per image (convolutions and linear layer); a '
+              'training image costs %.3f GFLOP (x2 per multiply-add, x3 for forward + backward)'
+              % (macs / 1e6, gflops))
+        try:
+            return measure(model_config, recipe, options, setup, timing, folder)
+        except memory.OOM as e:
+            raise memory.out_of_memory(e, doing='timing', network=model_config.describe(),
+                                       batch_size=recipe.batch_size,
+                                       precision=recipe.precision, used=setup.used) from None
+
+
+def measure(model_config, recipe, options, setup, timing, folder):
+    """The measurements and their table, once the settings are printed."""
+    macs = model.multiply_adds(model.build(model_config))
+    gflops, dtype = 6 * macs / 1e9, setup.dtype
+    data_path = FLAGS.data_path
+    if not data_path:
+        data_path = os.path.join(folder, 'data')
+        os.makedirs(data_path)
+        write_random_cifar10(data_path)
+    if FLAGS.rss_steps:
+        steps = sorted(int(s) for s in FLAGS.rss_steps)
+        marks = memory_over_steps(model_config, recipe, options, data_path, steps)
+        for step in steps:
+            print('resident memory after step %6d: %8.1f MiB' % (step, marks[step]))
+        print('growth from step %d to %d: %+.1f MiB' % (steps[0], steps[-1],
+                                                       marks[steps[-1]] - marks[steps[0]]))
+        return 0
+    trainer = time_trainer(model_config, recipe, options, data_path, timing)
+    memory = time_in_memory_step(model_config, recipe, options, setup, timing)
+    evaluation, traces = time_evaluation(model_config, data_path, dtype)
+    rss = peak_rss_mib()
+    bound = (conv_timing.training_bound(model.build(model_config, compute_dtype=dtype),
+                                        recipe.batch_size) if FLAGS.conv_bound else None)
+    print('\n%-44s %s' % ('', 'images/s: median  (min, max)'))
+    print('%-44s %s   %.0f GFLOP/s' % ('trainer (real pipeline, summaries)',
+                                      describe(trainer), statistics.median(trainer) * gflops))
+    print('%-44s %s   %.0f GFLOP/s' % ('same step, one in-memory batch', describe(memory),
+                                      statistics.median(memory) * gflops))
+    print('%-44s %.1f%% of the step time' % (
+        'input pipeline cost',
+        100 * max(0.0, 1 - statistics.median(trainer) / statistics.median(memory))))
+    print('%-44s %s   %.0f GFLOP/s  (%d trace)' % (
+        'evaluation, batches of 1000', describe(evaluation),
+        statistics.median(evaluation) * 2 * macs / 1e9, traces))
+    print('%-44s %.0f MiB' % ('peak resident memory (trainer + evaluation)', rss))
+    if bound:
+        print_bound(bound, statistics.median(trainer), gflops)
+    if FLAGS.keras:
+        if (model_config.model != 'resnet' or model_config.bottleneck
+                or model_config.shortcut_type not in ('A', 'A_subsample')):
+            print('Keras baseline: written for the basic-unit CIFAR ResNets with option A')
             return 0
-        trainer = time_trainer(model_config, recipe, options, data_path, timing)
-        memory = time_in_memory_step(model_config, recipe, options, dtype, timing, jit, used)
-        evaluation, traces = time_evaluation(model_config, data_path, dtype)
-        rss = peak_rss_mib()
-        bound = conv_timing.training_bound(model.build(model_config, compute_dtype=dtype), b) \
-            if FLAGS.conv_bound else None
-        print('\n%-44s %s' % ('', 'images/s: median  (min, max)'))
-        print('%-44s %s   %.0f GFLOP/s' % ('trainer (real pipeline, summaries)',
-                                          describe(trainer), statistics.median(trainer) * gflops))
-        print('%-44s %s   %.0f GFLOP/s' % ('same step, one in-memory batch', describe(memory),
-                                          statistics.median(memory) * gflops))
-        print('%-44s %.1f%% of the step time' % (
-            'input pipeline cost',
-            100 * max(0.0, 1 - statistics.median(trainer) / statistics.median(memory))))
-        print('%-44s %s   %.0f GFLOP/s  (%d trace)' % (
-            'evaluation, batches of 1000', describe(evaluation),
-            statistics.median(evaluation) * 2 * macs / 1e9, traces))
-        print('%-44s %.0f MiB' % ('peak resident memory (trainer + evaluation)', rss))
-        if bound:
-            print_bound(bound, statistics.median(trainer), gflops)
-        if FLAGS.keras:
-            if (model_config.model != 'resnet' or model_config.bottleneck
-                    or model_config.shortcut_type not in ('A', 'A_subsample')):
-                print('Keras baseline: written for the basic-unit CIFAR ResNets with option A')
-                return 0
-            keras_precision = precision_lib.compute_dtype(   # gated per device, as ours
-                FLAGS.keras_precision or recipe.precision, used, warn=lambda line: None).name
-            keras_rates, keras_jit = time_keras(model_config, recipe, data_path, keras_precision,
-                                                timing)
-            print('%-44s %s   %.0f GFLOP/s' % ('Keras 3 model.fit, %s%s'
-                                              % (keras_precision, ', XLA' if keras_jit else ''),
-                                              describe(keras_rates),
-                                              statistics.median(keras_rates) * gflops))
-            print('%-44s %.2fx' % ('trainer / Keras',
-                                   statistics.median(trainer) / statistics.median(keras_rates)))
+        keras_precision = precision_lib.compute_dtype(   # gated per device, as ours
+            FLAGS.keras_precision or recipe.precision, setup.used, warn=lambda line: None).name
+        keras_rates, keras_jit = time_keras(model_config, recipe, data_path, keras_precision,
+                                            timing)
+        print('%-44s %s   %.0f GFLOP/s' % ('Keras 3 model.fit, %s%s'
+                                          % (keras_precision, ', XLA' if keras_jit else ''),
+                                          describe(keras_rates),
+                                          statistics.median(keras_rates) * gflops))
+        print('%-44s %.2fx' % ('trainer / Keras',
+                               statistics.median(trainer) / statistics.median(keras_rates)))
     return 0
 
 

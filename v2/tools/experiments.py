@@ -61,7 +61,8 @@ from v2.nets import model
 from v2.runtime import devices
 from v2.tools import catalog
 from v2.training import loop
-from v2.training.recipe import Recipe, RunOptions
+from v2.training.options import RunOptions
+from v2.training.recipe import Recipe
 
 FLAGS = flags.FLAGS
 NETWORKS = ('plain', 'resnet')
@@ -279,7 +280,7 @@ def figure6(grid, base, depths, networks, reference=False):
                         'log_per_iterations) and no validation_split',
                         settings=('eval_every', 'log_per_iterations', 'validation_split'))
     if reference:        # the trainer sets up its devices itself; Keras needs it done here
-        devices.setup('default', grid.devices, grid.options.tf32)
+        devices.setup('default', devices=grid.devices, tf32=grid.options.tf32)
     name = 'figure6_reference' if reference else 'figure6'
     grid.check_work_dir(grid.spec(base))
     configs = {(network, depth): dataclasses.replace(base, num_layers=depth,

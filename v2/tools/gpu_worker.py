@@ -63,7 +63,9 @@ class Measure:
 
         from v2.nets import model
         from v2.tools import benchmark
-        from v2.training.recipe import Recipe, RunOptions
+        from v2.training import loop
+        from v2.training.options import RunOptions
+        from v2.training.recipe import Recipe
         start = time.perf_counter()
         x = tf.random.normal([1024, 1024])
         float(tf.reduce_sum(x @ x))
@@ -74,8 +76,9 @@ class Measure:
         steps = {}
         for xla in (False, True):
             options = RunOptions(ckpt_path=os.path.join(folder, 'cold'), jit_compile=xla)
-            rates = benchmark.time_in_memory_step(config, recipe, options, dtype,
-                                                  benchmark.Timing(0, 2, 1), xla, self.used)
+            setup = loop.set_up_on(self.used, config, recipe, options, lambda line: None)
+            rates = benchmark.time_in_memory_step(config, recipe, options, setup,
+                                                  benchmark.Timing(0, 2, 1))
             steps['xla' if xla else 'plain'] = [batch / rate for rate in rates]
         capability = self.used[0].compute_capability
         return {'devices': [str(d) for d in self.used], 'name': self.used[0].description,
@@ -96,7 +99,8 @@ class Measure:
         from v2.nets import model
         from v2.tools import benchmark
         from v2.training import loop
-        from v2.training.recipe import Recipe, RunOptions
+        from v2.training.options import RunOptions
+        from v2.training.recipe import Recipe
         warmup_windows, windows, steps = timing
         plan = benchmark.Timing(warmup_windows, windows, steps)
         config = model.ModelConfig(num_layers=depth)
@@ -165,9 +169,9 @@ class Measure:
         from v2.training.state import TrainState
         recipe = Recipe(batch_size=batch)
         state = TrainState.create(model.ModelConfig(num_layers=depth), recipe,
-                                  tf.distribute.get_strategy(), tf.float32,
-                                  np.zeros([32, 32, 3], np.float32))
-        manager = tf.train.CheckpointManager(state.checkpoint(recipe),
+                                  strategy=tf.distribute.get_strategy(), dtype=tf.float32,
+                                  mean=np.zeros([32, 32, 3], np.float32))
+        manager = tf.train.CheckpointManager(state.checkpoint(),
                                              os.path.join(folder, 'save'), max_to_keep=1)
         manager.save()
         times = []
@@ -186,7 +190,8 @@ def main(argv):
     config = json.loads(argv[1]) if len(argv) > 1 else {}
     from v2.runtime import devices
     imported = time.perf_counter() - started
-    used = devices.setup('default', tuple(config.get('devices', ())), config.get('tf32', True),
+    used = devices.setup('default', devices=tuple(config.get('devices', ())),
+                         tf32=config.get('tf32', True),
                          out=lambda line: print(line, file=sys.stderr))
     measure = Measure(used)
 

@@ -31,8 +31,8 @@ import tensorflow as tf
 from v2.cli import app, flags
 from v2.errors import UserError
 from v2.nets import layers
-from v2.runtime import devices
-from v2.runtime import precision as precision_lib
+from v2.training import loop
+from v2.training.options import RunOptions
 from v2.training.state import TrainState
 
 FLAGS = flags.FLAGS
@@ -128,10 +128,10 @@ def step_timer(config, recipe, dtype, norm_class):
     norm -> ReLU done by norm_class) on one in-memory uint8 batch; traced once here, so that
     the rounds alternate the variants without tracing them again."""
     strategy = tf.distribute.get_strategy()
-    state = TrainState.create(config, recipe, strategy, dtype, np.zeros([32, 32, 3], np.float32),
-                              norm_class=norm_class)
-    train_steps = state.train_steps(recipe, strategy)
-    read_window = state.window_reader(strategy)
+    state = TrainState.create(config, recipe, strategy=strategy, dtype=dtype,
+                              mean=np.zeros([32, 32, 3], np.float32), norm_class=norm_class)
+    train_steps = state.train_steps()
+    read_window = state.window_reader()
     batch_size = recipe.batch_size
     images = tf.cast(tf.random.uniform([batch_size, 32, 32, 3], 0, 256, tf.int32), tf.uint8)
     labels = tf.random.uniform([batch_size], 0, config.num_classes, tf.int32)
@@ -167,8 +167,9 @@ def main(argv):
         tf.config.optimizer.set_experimental_options(json.loads(os.environ['V2_GRAPPLER']))
     config = flags.model_config()
     recipe = flags.recipe()
-    used = devices.setup('default', tuple(FLAGS.devices), FLAGS.tf32)
-    dtype = precision_lib.compute_dtype(recipe.precision, used)
+    # The trainer's own set-up: its devices and compute dtype (v2.training.loop.set_up).
+    dtype = loop.set_up(config, recipe, RunOptions(ckpt_path='', devices=tuple(FLAGS.devices),
+                                                   tf32=FLAGS.tf32), print).dtype
     names = list(FLAGS.variants) or list(IN_PROCESS) + list(IN_SUBPROCESS)
     unknown = [n for n in names if n not in IN_PROCESS and n not in IN_SUBPROCESS]
     if unknown:

@@ -69,8 +69,9 @@ class Log:
     the next logging step, where the workers agree on it; otherwise it ends the window at
     once. The rate printed is the one the window's last step applied."""
 
-    def __init__(self, recipe, every, reader, writer, out, on_record=None, agree=False):
-        self.recipe, self.every, self.reader, self.writer = recipe, every, reader, writer
+    def __init__(self, *, recipe, options, reader, writer, out, on_record=None, agree=False):
+        self.recipe, self.every = recipe, options.log_per_iterations
+        self.reader, self.writer = reader, writer
         self.out, self.on_record, self.agree = out, on_record, agree
         self.steps, self.started, self.means = 0, time.perf_counter(), None
 
@@ -125,13 +126,13 @@ class Evaluate:
     worker evaluates (reading the averaged statistics is a collective); the chief prints.
     """
 
-    def __init__(self, state, data, every, batch_size, model_config, dtype, writer, out,
-                 on_record=None, chief=True):
-        self.state, self.every, self.batch_size = state, every, batch_size
+    def __init__(self, *, state, data, options, writer, out, on_record=None, chief=True):
+        self.state, self.every = state, options.eval_every
+        self.batch_size = options.eval_batch_size
         self.images, self.labels = data.evaluation
         self.split, self.writer, self.out = data.evaluation_split, writer, out
         self.on_record, self.chief = on_record, chief
-        self.net = build(model_config, compute_dtype=dtype)
+        self.net = build(state.model_config, compute_dtype=state.dtype)
         self.evaluator = Evaluator(self.net, tf.Variable(state.mean.read_value(),
                                                          trainable=False))
 
@@ -163,9 +164,9 @@ class Evaluate:
 class Save:
     """Writes checkpoints (WorkerFolders.save); `last` is the last one written or restored."""
 
-    def __init__(self, folders, manager, ckpt, start, last, every, every_secs=0.0):
+    def __init__(self, *, folders, manager, ckpt, start, last, options):
         self.folders, self.manager, self.ckpt = folders, manager, ckpt
-        self.every, self.every_secs = every, every_secs
+        self.every, self.every_secs = options.save_every, options.save_every_secs
         self.last, self.last_step, self.last_time = last, start, time.monotonic()
 
     def due(self, step, last):

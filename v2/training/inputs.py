@@ -3,9 +3,9 @@
 The training batches are a function of (seed, step), so a resumed run takes exactly
 the batches an uninterrupted one would. They are uint8, prepared (normalised,
 cropped, flipped, cut out) inside the step on the device, or, on one CPU, prepared by
-tf.data's threads on the host, where they overlap with the step (5% of a ResNet-20
-bfloat16 step on 2 cores, measured with v2.tools.benchmark). Both give the same
-batches (tests/test_train.py).
+tf.data's threads on the host, where they overlap with the step (the benchmark's
+"input pipeline cost"; docs/performance.md). Both give the same batches
+(tests/test_train.py).
 """
 
 import dataclasses

@@ -91,7 +91,7 @@ def use_xla(jit_compile, recipe, model_config, replicas, used, out=print):
     - op determinism on a GPU with max pooling (VGG): XLA's GPU backend refuses the
       gradient of max pooling (select-and-scatter) when determinism is required.
     """
-    on_gpu = any(d.kind == 'GPU' for d in used)
+    on_gpu = devices.on_gpu(used)
     refusals = []
     if recipe.sync_batch_norm and replicas > 1:
         refusals.append(('sync_batch_norm over %d replicas: the statistics\' all-reduce sits '

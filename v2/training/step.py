@@ -1,6 +1,6 @@
 """The traced training step, and the device-side sums of its metrics.
 
-One call of the function make_train_steps returns runs n steps: each pulls a uint8
+One call of the function that make_train_steps returns runs n steps: each pulls a uint8
 batch, normalises and augments it on the device (v2.data.pipeline.prepare_batch;
 a float32 batch comes prepared by the input pipeline, as on a CPU), computes the
 loss and its gradients, applies the momentum update and adds the step's metrics
@@ -102,100 +102,43 @@ class StepParts:
 def make_train_steps(parts: StepParts, strategy=None, global_batch=None, jit_compile=False):
     """The traced function train_steps(iterator, n): n training steps, nothing read back.
 
-    With jit_compile the per-replica computation is compiled with XLA: all of it on
-    one device, and around the all-reduce (which XLA does not compile across
-    devices) under a strategy of several replicas.
-
-    A step whose loss or gradients are not finite is skipped or counted as bad as
-    the nan_policy and the loss scale say (v2.training.nonfinite).
+    Each replica prepares its share of the batch (prepare), computes the loss and its
+    gradients (loss_and_gradients), and after one all-reduce of the gradients and the
+    metrics applies the update (apply_update). With jit_compile the per-replica
+    computation is compiled with XLA: all of it on one device, and around the
+    all-reduce (which XLA does not compile across devices) under a strategy of several
+    replicas. A step whose loss or gradients are not finite is skipped or counted as bad
+    as the nan_policy and the loss scale say (v2.training.nonfinite).
     """
     p = parts
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
-    variables = p.model.trainable_variables
-    decayed = decayed_weights(p.model)
     non_finite = NonFinitePolicy.of(p.nan_policy, p.loss_scale)
-    guarded = non_finite.may_skip
-    num_classes = p.model.config.num_classes
-    statistics = [v for m in p.model.submodules if isinstance(m, layers.BatchNorm)
-                  for v in (m.moving_mean, m.moving_variance)]
+    statistics = batch_norm_statistics(p.model)
 
     def compute(images, labels):
-        """Forward and backward on this replica's share: (gradients, metric values, and the
+        """Forward and backward on this replica's share: (gradients, metric shares, and the
         batch-norm statistics from before the forward pass where a step may be skipped)."""
-        before = [tf.identity(v.read_value()) for v in statistics] if guarded else []
+        before = ([tf.identity(v.read_value()) for v in statistics] if non_finite.may_skip
+                  else [])
         batch = global_batch or tf.shape(labels)[0] * replicas
         with tf.control_dependencies(before):
-            return _forward_backward(images, labels, batch) + (before,)
-
-    def _forward_backward(images, labels, batch):
-        targets = labels if labels.dtype.is_floating else None   # mixed on the host
-        if images.dtype == tf.uint8:         # else prepared by the input pipeline already
-            first = (tf.distribute.get_replica_context().replica_id_in_sync_group
-                     * tf.shape(labels)[0])
-            key = pipeline.step_key(p.seed, p.step)
-            images = pipeline.prepare_batch(images, p.pixel_mean, key, first, batch, p.cutout)
-            if p.mixing:
-                images, targets = pipeline.mix(images, labels, num_classes, key, p.mixing,
-                                               first)
-        if targets is not None:               # accuracy: against the larger share's label
-            labels = tf.argmax(targets, -1, output_type=tf.int32)
-        elif p.label_smoothing:
-            targets = tf.one_hot(labels, num_classes)
-        teacher_logits = p.teacher(images) if p.teacher is not None else None
-        with tf.GradientTape() as tape:
-            logits = p.model(images, training=True)
-            if targets is not None:
-                if p.label_smoothing:          # Szegedy et al. 2016, of the mixed targets
-                    targets = targets * (1.0 - p.label_smoothing) + p.label_smoothing / num_classes
-                per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
-            else:
-                per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-            if teacher_logits is not None:
-                per_example = distill.loss(per_example, logits, teacher_logits, p.kd_alpha,
-                                           p.kd_temperature)
-            cross_entropy = tf.nn.compute_average_loss(per_example, global_batch_size=batch)
-            l2 = p.weight_decay * tf.add_n([tf.nn.l2_loss(w) for w in decayed]) / replicas
-            loss = cross_entropy + l2
-            scaled = loss * p.loss_scale.scale if p.loss_scale else loss
-        grads = tape.gradient(scaled, variables)
-        correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
-        accuracy = tf.nn.compute_average_loss(tf.cast(correct, tf.float32),
-                                              global_batch_size=batch)
-        # Shares of the global batch's means: their sum over the replicas is the mean.
-        return grads, tf.stack([loss, cross_entropy, l2, accuracy])
+            images, labels, targets = prepare(p, images, labels, batch)
+            return loss_and_gradients(p, images, labels, targets, batch, replicas) + (before,)
 
     def finish(grads, shares, before):
-        """Update with the summed gradients (or skip the step); count its metrics."""
-        learning_rate = p.schedule(p.step)
-        if p.loss_scale:
-            grads = [g / p.loss_scale.scale for g in grads]
-        loss_finite = tf.math.is_finite(shares[0])
-        finite = tf.logical_and(loss_finite, tf.reduce_all(
-            [tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
-        updated, bad = non_finite.judge(loss_finite, finite)
-        p.optimizer.apply(grads, variables, learning_rate, finite if guarded else None)
-        for variable, old in zip(statistics, before):       # a skipped step's forward pass
-            local_assign(variable, tf.where(finite, variable, old))
-        if p.ema:
-            p.ema.update(p.model, p.step, updated)
-        if p.loss_scale:
-            p.loss_scale.update(finite)
-        p.window.add(tf.concat([shares, [learning_rate]], 0), updated, bad, p.step)
-        local_add(p.step, 1)
+        apply_update(p, grads, shares, before, statistics, non_finite)
 
     if jit_compile:
-        compute_fn = tf.function(compute, jit_compile=True)
-        finish_fn = tf.function(finish, jit_compile=True)
-    else:
-        compute_fn, finish_fn = compute, finish
+        compute = tf.function(compute, jit_compile=True)
+        finish = tf.function(finish, jit_compile=True)
 
     def replica_step(images, labels):
-        grads, shares, before = compute_fn(images, labels)
+        grads, shares, before = compute(images, labels)
         if replicas > 1:        # one batched all-reduce for the gradients and the metrics
             grads, shares = tf.distribute.get_replica_context().all_reduce(
                 tf.distribute.ReduceOp.SUM, (grads, shares))
-        finish_fn(grads, shares, before)
+        finish(grads, shares, before)
 
     @tf.function
     def train_steps(iterator, n):
@@ -205,6 +148,85 @@ def make_train_steps(parts: StepParts, strategy=None, global_batch=None, jit_com
             strategy.run(replica_step, args=(images, labels))
 
     return train_steps
+
+
+def batch_norm_statistics(model):
+    """The moving means and variances of every batch norm of `model`."""
+    return [v for m in model.submodules if isinstance(m, layers.BatchNorm)
+            for v in (m.moving_mean, m.moving_variance)]
+
+
+def prepare(p: StepParts, images, labels, batch):
+    """This replica's share of the batch as the step trains on it: (images, labels, targets).
+
+    uint8 images are normalised and augmented here, on the device (a float32 batch comes
+    prepared by the input pipeline, as on a CPU), and mixed where the recipe mixes;
+    `targets` are the label distributions of mixed or smoothed labels (None otherwise),
+    and `labels` then the larger share's label, for the accuracy."""
+    num_classes = p.model.config.num_classes
+    targets = labels if labels.dtype.is_floating else None   # mixed on the host
+    if images.dtype == tf.uint8:
+        first = (tf.distribute.get_replica_context().replica_id_in_sync_group
+                 * tf.shape(labels)[0])
+        key = pipeline.step_key(p.seed, p.step)
+        images = pipeline.prepare_batch(images, p.pixel_mean, key, first, batch, p.cutout)
+        if p.mixing:
+            images, targets = pipeline.mix(images, labels, num_classes, key, p.mixing, first)
+    if targets is not None:               # accuracy: against the larger share's label
+        labels = tf.argmax(targets, -1, output_type=tf.int32)
+    elif p.label_smoothing:
+        targets = tf.one_hot(labels, num_classes)
+    return images, labels, targets
+
+
+def loss_and_gradients(p: StepParts, images, labels, targets, batch, replicas):
+    """(the gradients, this replica's shares of [loss, cross_entropy, l2, accuracy]): shares
+    of the global batch's means, whose sum over the replicas is the mean."""
+    num_classes = p.model.config.num_classes
+    teacher_logits = p.teacher(images) if p.teacher is not None else None
+    variables = p.model.trainable_variables
+    with tf.GradientTape() as tape:
+        logits = p.model(images, training=True)
+        if targets is not None:
+            if p.label_smoothing:          # Szegedy et al. 2016, of the mixed targets
+                targets = targets * (1.0 - p.label_smoothing) + p.label_smoothing / num_classes
+            per_example = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
+        else:
+            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        if teacher_logits is not None:
+            per_example = distill.loss(per_example, logits, teacher_logits, p.kd_alpha,
+                                       p.kd_temperature)
+        cross_entropy = tf.nn.compute_average_loss(per_example, global_batch_size=batch)
+        l2 = (p.weight_decay * tf.add_n([tf.nn.l2_loss(w) for w in decayed_weights(p.model)])
+              / replicas)
+        loss = cross_entropy + l2
+        scaled = loss * p.loss_scale.scale if p.loss_scale else loss
+    grads = tape.gradient(scaled, variables)
+    correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
+    accuracy = tf.nn.compute_average_loss(tf.cast(correct, tf.float32), global_batch_size=batch)
+    return grads, tf.stack([loss, cross_entropy, l2, accuracy])
+
+
+def apply_update(p: StepParts, grads, shares, before, statistics, non_finite):
+    """Updates with the summed gradients (or skips the step, restoring the batch-norm
+    statistics `before` its forward pass); counts its metrics in the window."""
+    learning_rate = p.schedule(p.step)
+    if p.loss_scale:
+        grads = [g / p.loss_scale.scale for g in grads]
+    loss_finite = tf.math.is_finite(shares[0])
+    finite = tf.logical_and(loss_finite, tf.reduce_all(
+        [tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
+    updated, bad = non_finite.judge(loss_finite, finite)
+    p.optimizer.apply(grads, p.model.trainable_variables, learning_rate,
+                      finite if non_finite.may_skip else None)
+    for variable, old in zip(statistics, before):       # a skipped step's forward pass
+        local_assign(variable, tf.where(finite, variable, old))
+    if p.ema:
+        p.ema.update(p.model, p.step, updated)
+    if p.loss_scale:
+        p.loss_scale.update(finite)
+    p.window.add(tf.concat([shares, [learning_rate]], 0), updated, bad, p.step)
+    local_add(p.step, 1)
 
 
 class WindowReader:
