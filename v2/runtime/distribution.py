@@ -6,7 +6,7 @@
   multi_worker  the same across machines: MultiWorkerMirroredStrategy, the cluster read
                 from TF_CONFIG as TensorFlow documents it; worker 0 is the chief.
 
-One training loop serves all three (v2.train): the step runs under strategy.run,
+One training loop serves all three (v2.training.loop.train): the step runs under strategy.run,
 gradients are summed over replicas, and every replica applies the same update to its
 own copy of the weights. What stays per replica is batch norm's statistics, as in the
 papers (He et al. 2015 trained CIFAR on two GPUs with 64 images each); --sync_batch_norm
