@@ -47,7 +47,8 @@ def test_step_variants_refuses_an_unknown_variant_in_one_line():
                                                  '--variants=trainer,fused'], flags.STEP_VARIANTS)
     assert status == 1
     assert line == ('step_variants.py: error: --variants=fused: expected some of trainer,xla,'
-                    'custom_gradient,no_onednn,no_remapper,no_layout_optimizer')
+                    'custom_gradient,no_onednn,no_remapper,layout_optimizer_on,'
+                    'layout_optimizer_off')
 
 
 @pytest.mark.parametrize('steps, per_call, expected', [

@@ -206,7 +206,8 @@ def test_train_then_evaluate_in_process(session_data, tmp_path, capsys):
     first = out.splitlines()[0]          # ResNet-8's parameters, counted by hand: 75,290
     assert first.startswith('ResNet-8: 75,290 trainable parameters; 80 training images in %s, '
                             'batch 8; one device: CPU' % session_data)
-    assert first.endswith('; float32, XLA off, batches prepared on the host; starting at step 0')
+    assert first.endswith('; float32, XLA off, layout optimizer off, batches prepared on the '
+                          'host; starting at step 0')
     status, line = train_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % ckpt,
                                     '--num_iterations=4', *TINY_RUN)
     assert status == 0 and 'nothing to train' in capsys.readouterr().out
@@ -243,13 +244,15 @@ def test_a_dry_run_says_first_what_would_run(session_data, tmp_path, capsys):
     assert status == 0, line
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith('ResNet-8: 75,290 trainable parameters; 80 training images in ')
-    assert first.endswith('; one device: %s; float32, XLA off, batches prepared on the host; '
-                          'dry run: would start at step 0' % devices.describe([])[0])
+    assert first.endswith('; one device: %s; float32, XLA off, layout optimizer off, batches '
+                          'prepared on the host; dry run: would start at step 0'
+                          % devices.describe([])[0])
     status, line = train_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % (
         tmp_path / 'dry'), *TINY_RUN, '--dry_run', '--prepare_batches=device',
         '--jit_compile')
     assert status == 0, line
-    assert 'float32, XLA on, batches prepared on the device' in capsys.readouterr().out
+    assert ('float32, XLA on, layout optimizer off, batches prepared on the device'
+            in capsys.readouterr().out)
 
 
 def test_a_dry_run_of_a_resume_names_the_checkpoint(trained, session_data, capsys):

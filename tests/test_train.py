@@ -329,3 +329,31 @@ def test_the_progress_line_prints_each_window_mean_under_its_name():
     assert line.endswith('  skipped 1 non-finite steps')
     assert log.means['cross_entropy'] == pytest.approx(1.5)
     assert log.means['l2_loss'] == pytest.approx(0.6)
+
+
+def test_the_layout_optimizer_changes_the_speed_only(session_data, tmp_path):
+    """A deterministic run with grappler's layout optimizer on and one with it off (the
+    trainer's choice on a CPU) end with the same weights, statistics and momentum, within
+    float32 round-off; each says its choice in its first line, and TensorFlow's option
+    is what the run chose."""
+    runs, firsts = {}, {}
+    for on in (True, False):
+        lines = []
+        runs[on] = all_tensors(loop.train(
+            TINY, tiny_recipe(deterministic=True, num_iterations=4),
+            tiny_options(tmp_path / str(on), layout_optimizer=on), str(session_data),
+            out=lines.append).checkpoint)
+        firsts[on] = lines[0]
+        assert tf.config.optimizer.get_experimental_options()['layout_optimizer'] is on
+    assert 'layout optimizer on' in firsts[True] and 'layout optimizer off' in firsts[False]
+    assert runs[True].keys() == runs[False].keys()
+    for key, value in runs[True].items():
+        if getattr(value, 'dtype', None) is not None and value.dtype.kind == 'f':
+            np.testing.assert_allclose(runs[False][key], value, rtol=1e-4, atol=1e-6,
+                                       err_msg=key)
+
+
+def test_the_layout_optimizer_is_off_on_a_cpu_and_on_on_a_gpu():
+    from v2.runtime import devices
+    assert not devices.layout_optimizer_by_default([devices.Device('CPU', 'a CPU')])
+    assert devices.layout_optimizer_by_default([devices.Device('GPU', 'NVIDIA H100')])

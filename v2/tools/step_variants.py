@@ -119,7 +119,9 @@ IN_PROCESS = {'trainer': layers.BatchNorm, 'xla': XlaBatchNorm,
 IN_SUBPROCESS = {
     'no_onednn': ({'TF_ENABLE_ONEDNN_OPTS': '0'}, {}),
     'no_remapper': ({}, {'remapping': False}),
-    'no_layout_optimizer': ({}, {'layout_optimizer': False}),
+    # The trainer's choice is the device's (off on CPUs, on on GPUs): both, against it.
+    'layout_optimizer_on': ({}, {'layout_optimizer': True}),
+    'layout_optimizer_off': ({}, {'layout_optimizer': False}),
 }
 
 
@@ -163,19 +165,20 @@ def subprocess_rates(name, argv):
 
 
 def main(argv):
-    if os.environ.get('V2_GRAPPLER'):
-        tf.config.optimizer.set_experimental_options(json.loads(os.environ['V2_GRAPPLER']))
-    config = flags.model_config()
-    recipe = flags.recipe()
-    # The trainer's own set-up: its devices and compute dtype (v2.training.loop.set_up).
-    dtype = loop.set_up(config, recipe, RunOptions(ckpt_path='', devices=tuple(FLAGS.devices),
-                                                   tf32=FLAGS.tf32), print).dtype
     names = list(FLAGS.variants) or list(IN_PROCESS) + list(IN_SUBPROCESS)
     unknown = [n for n in names if n not in IN_PROCESS and n not in IN_SUBPROCESS]
     if unknown:
         raise UserError('variants=%s: expected some of %s'
                         % (','.join(unknown), ','.join([*IN_PROCESS, *IN_SUBPROCESS])),
                         settings=('variants',))
+    config = flags.model_config()
+    recipe = flags.recipe()
+    # The trainer's own set-up: its devices, compute dtype and grappler options
+    # (v2.training.loop.set_up); a subprocess variant then changes its one option.
+    dtype = loop.set_up(config, recipe, RunOptions(ckpt_path='', devices=tuple(FLAGS.devices),
+                                                   tf32=FLAGS.tf32), print).dtype
+    if os.environ.get('V2_GRAPPLER'):
+        tf.config.optimizer.set_experimental_options(json.loads(os.environ['V2_GRAPPLER']))
     timers = {name: step_timer(config, recipe, dtype, IN_PROCESS[name])
               for name in names if name in IN_PROCESS}
     rates = {name: [] for name in names}

@@ -241,13 +241,15 @@ def _forget_new_logs(folder, before):
 
 def first_line(setup, model_config, recipe, *, parameters, data, data_path, where):
     """What the run computes, where and how: the network, the data, the devices, the precision
-    as computed, XLA, where batches are prepared, and the step it starts from."""
+    as computed, XLA, the layout optimizer, where batches are prepared, and the step it starts
+    from."""
     return ('%s: %s trainable parameters; %s training images in %s, batch %d; %s; %s, XLA %s, '
-            'batches prepared on the %s; %s'
+            'layout optimizer %s, batches prepared on the %s; %s'
             % (model_config.describe(), format(parameters, ','),
                format(int(data.images.shape[0]), ','), data_path,
                recipe.batch_size, setup.cluster.describe(setup.used), setup.dtype.name,
-               'on' if setup.jit else 'off', 'host' if setup.on_host else 'device', where))
+               'on' if setup.jit else 'off', 'on' if setup.layout_optimizer else 'off',
+               'host' if setup.on_host else 'device', where))
 
 
 def _say_faster_precision(recipe, setup):
@@ -319,6 +321,7 @@ class Setup:
     cluster: distribution.Cluster
     on_host: bool                    # batches prepared by tf.data on the host
     jit: bool                        # the step compiled with XLA
+    layout_optimizer: bool           # grappler's layout optimizer on (runtime.devices)
     dtype: tf.DType                  # what the step computes in (v2.runtime.precision)
     out: Callable                    # progress lines (a worker's name its own)
 
@@ -346,7 +349,10 @@ def set_up_on(used, model_config, recipe, options, out) -> Setup:
         def out(line, say=out):
             return say('worker %d: %s' % (cluster.worker_index, line))
     distribution.check_batch(recipe.batch_size, cluster)
-    return Setup(used=used, cluster=cluster,
+    layout = (devices.layout_optimizer_by_default(used) if options.layout_optimizer is None
+              else options.layout_optimizer)
+    devices.set_layout_optimizer(layout)
+    return Setup(used=used, cluster=cluster, layout_optimizer=layout,
                  on_host=inputs.prepares_on_host(options.prepare_batches, on_gpu, cluster),
                  jit=preflight.use_xla(options.jit_compile, recipe, model_config,
                                        cluster.replicas, used, out),

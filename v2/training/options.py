@@ -12,7 +12,8 @@ class RunOptions:
     the last one (save_every_secs: or this many seconds), besides one at the end and
     on every stop request. Checkpoints are only written at logging steps, right after
     the window's losses were checked, so a non-finite loss never reaches one.
-    jit_compile None means XLA where it pays: on GPUs, not on CPUs (see devices).
+    jit_compile None means XLA where it pays: on GPUs, not on CPUs (see devices);
+    layout_optimizer None: grappler's layout optimizer on GPUs, off on CPUs (the same).
     prepare_batches: where the training batches are normalised and augmented: 'device'
     (uint8 batches, prepared inside the step), 'host' (tf.data's threads, one-device
     runs only), or 'auto': the host on a one-CPU run, where its threads overlap the
@@ -30,6 +31,7 @@ class RunOptions:
     eval_batch_size: int = 500
     steps_per_call: int = 1
     jit_compile: bool | None = None
+    layout_optimizer: bool | None = None
     prepare_batches: str = 'auto'
     tf32: bool = True
     distribution_strategy: str = 'default'
