@@ -8,10 +8,10 @@ import pytest
 import tensorflow as tf
 from conftest import ROOT
 
-from v2.cli import app, flags
+from v2.cli import app
 from v2.errors import UserError
 from v2.nets.model import ModelConfig
-from v2.tools import anatomy, experiments, figures
+from v2.tools import anatomy, experiments, figures, flags
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 TOY = ['--depths=8', '--seeds=1,2', '--num_iterations=4', '--log_per_iterations=2',

@@ -53,13 +53,13 @@ import sys
 
 import tensorflow as tf
 
-from v2.cli import app, flags
+from v2.cli import app
 from v2.data import cifar
 from v2.errors import UserError
 from v2.evaluation import evaluate
 from v2.nets import model
 from v2.runtime import devices
-from v2.tools import catalog
+from v2.tools import catalog, flags
 from v2.training import loop
 from v2.training.recipe import Recipe, RunOptions
 

@@ -15,8 +15,9 @@ import os
 import statistics
 import textwrap
 
-from v2.cli import app, flags
+from v2.cli import app
 from v2.errors import UserError
+from v2.tools import flags
 
 # Depth -> colour, the same in both panels so that depths can be compared across them.
 COLOURS = {20: '#e6a100', 32: '#2c7bb6', 44: '#1a9641', 56: '#d7191c', 110: '#7b3294'}
