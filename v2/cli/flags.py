@@ -345,13 +345,18 @@ def data_path(config):
     return FLAGS.data_path or cifar.spec_of(config.dataset).folder
 
 
-def _numbers(flag, kind):
+def numbers(flag, kind, *, at_least_one=False):
+    """The values of a list flag as `kind` (int or float); a one-line error naming the flag
+    where one is not such a number, or (at_least_one) where there are none."""
     try:
-        return tuple(kind(v) for v in FLAGS[flag].value)
+        values = tuple(kind(v) for v in FLAGS[flag].value)
     except ValueError:
         raise UserError('--%s=%s: expected a comma-separated list of %s'
                         % (flag, ','.join(FLAGS[flag].value),
                            'integers' if kind is int else 'numbers')) from None
+    if at_least_one and not values:
+        raise UserError('--%s: give at least one value' % flag)
+    return values
 
 
 def recipe(**changes) -> recipe_lib.Recipe:
@@ -359,8 +364,8 @@ def recipe(**changes) -> recipe_lib.Recipe:
     values = dict(
         batch_size=FLAGS.batch_size, num_iterations=FLAGS.num_iterations,
         weight_decay=FLAGS.weight_decay, momentum=FLAGS.momentum, nesterov=FLAGS.nesterov,
-        schedule=schedule.Schedule(boundaries=_numbers('lr_boundaries', int),
-                                   values=_numbers('lr_values', float),
+        schedule=schedule.Schedule(boundaries=numbers('lr_boundaries', int),
+                                   values=numbers('lr_values', float),
                                    warmup_iterations=FLAGS.warmup_iterations,
                                    warmup_lr=FLAGS.warmup_lr, warmup=FLAGS.warmup,
                                    decay=FLAGS.lr_decay,

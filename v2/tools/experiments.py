@@ -80,17 +80,6 @@ SWITCHES = {
 }
 
 
-def _integers(name):
-    try:
-        values = [int(v) for v in FLAGS[name].value]
-    except ValueError:
-        raise UserError('--%s=%s: expected integers separated by commas'
-                        % (name, ','.join(FLAGS[name].value))) from None
-    if not values:
-        raise UserError('--%s: give at least one value' % name)
-    return values
-
-
 @dataclasses.dataclass
 class Grid:
     """What every experiment command reads from its flags, read and checked once by
@@ -175,7 +164,8 @@ def read_grid(command):
     count = lambda paths: sum(os.path.getsize(p) for p in paths) // spec.record_bytes  # noqa
     train_images = count(cifar.check_files(FLAGS.data_path, spec.train_files, spec))
     test_images = count(cifar.check_files(FLAGS.data_path, spec.test_files, spec))
-    return Grid(FLAGS.data_path, train_images, test_images, flags.recipe(), _integers('seeds'),
+    seeds = list(flags.numbers('seeds', int, at_least_one=True))
+    return Grid(FLAGS.data_path, train_images, test_images, flags.recipe(), seeds,
                 FLAGS.work_dir or os.path.join('runs', command), FLAGS.out,
                 flags.run_options(config), tuple(FLAGS.devices))
 
@@ -627,7 +617,7 @@ def main(argv):
                                 % (','.join(chosen), ','.join(SWITCHES)))
             written = switches(grid, flags.model_config(), chosen)
         else:
-            depths = _integers('depths')
+            depths = list(flags.numbers('depths', int, at_least_one=True))
             base = check_depths(depths)
             if command == 'table':
                 written = table(grid, base, depths)

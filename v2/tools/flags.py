@@ -16,6 +16,7 @@ from v2.runtime import precision
 # The trainer's helpers the tools call, named here so that a tool needs one flags module.
 FLAGS = cli_flags.FLAGS
 model_config = cli_flags.model_config
+numbers = cli_flags.numbers
 recipe = cli_flags.recipe
 run_options = cli_flags.run_options
 
