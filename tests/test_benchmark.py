@@ -3,9 +3,9 @@
 import pytest
 from conftest import quiet
 
-from v2.cli import app, flags
+from v2.cli import app
 from v2.nets import model
-from v2.tools import benchmark
+from v2.tools import benchmark, flags
 
 # ResNet-20's convolutions: stem 32*32*27*16, then per stage the 3x3 convs at their map sizes.
 RESNET20_CONV_MACS = (32 * 32 * 27 * 16 + 6 * 32 * 32 * 9 * 16 * 16

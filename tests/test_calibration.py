@@ -3,6 +3,7 @@ checkpoint that training keeps apart and the evaluator reports beside the last."
 
 import json
 import math
+import sys
 
 import numpy as np
 import numpy_ref as ref
@@ -186,3 +187,29 @@ def test_a_damaged_best_record_is_one_line(tmp_path):
     (tmp_path / 'best' / 'best.json').write_text('{"step": 3')
     with pytest.raises(UserError, match='best.json: not a record of the best checkpoint'):
         checkpoint.read_best(str(tmp_path))
+
+
+def test_the_evaluator_draws_the_reliability_diagram(validated, session_data, tmp_path):
+    pytest.importorskip('matplotlib', reason='drawing needs the optional matplotlib')
+    from v2.cli import app, evaluator, flags
+    root, _ = validated
+    png = tmp_path / 'r.png'
+    status, line = app.call(evaluator.main, [
+        'run_evaluator.py', '--data_path=%s' % session_data, '--ckpt_path=%s' % (root / 'ckpt'),
+        '--temperature_scaling', '--reliability_png=%s' % png], flags.EVALUATOR)
+    assert (status, line) == (0, '')
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_a_missing_matplotlib_is_one_line_before_anything_is_evaluated(trained, session_data,
+                                                                       tmp_path, monkeypatch):
+    from v2.cli import app, evaluator, flags
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)        # import matplotlib fails
+    status, line = app.call(evaluator.main, [
+        'run_evaluator.py', '--data_path=%s' % session_data, '--ckpt_path=%s' % (trained / 'ckpt'),
+        '--reliability_png=%s' % (tmp_path / 'r.png'),
+        '--output_json=%s' % (tmp_path / 'e.json')], flags.EVALUATOR)
+    assert status == 1
+    assert line.startswith('run_evaluator.py: error: the figures need matplotlib, which is not '
+                           'installed: pip install matplotlib')
+    assert not list(tmp_path.iterdir())

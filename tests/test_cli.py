@@ -1,6 +1,7 @@
 """The two programs as a user runs them: flags, bad input, output. In this process (fast),
 and as subprocesses for exit statuses, signals and kills (slow)."""
 
+import ast
 import json
 import os
 import random
@@ -19,6 +20,7 @@ from conftest import ROOT, all_tensors, error_lines, run_script
 from v2.cli import app, evaluator, flags, trainer
 from v2.nets import model
 from v2.runtime import checkpoint, devices
+from v2.tools import flags as tool_flags
 
 TINY_RUN = ['--num_layers=8', '--batch_size=8', '--log_per_iterations=2',
             '--lr_boundaries=3', '--lr_values=0.05,0.005']
@@ -443,15 +445,15 @@ def _programs():
         'run_evaluator.py': (evaluator.main, flags.EVALUATOR,
                              ['ckpt_path', 'data_path', 'export_dir', 'tflite', 'tta']),
         'convert.py': (convert.main, flags.CONVERT, ['image_folder', 'data_path']),
-        'benchmark.py': (benchmark.main, flags.BENCHMARK,
+        'benchmark.py': (benchmark.main, tool_flags.BENCHMARK,
                          ['num_layers', 'precision', 'windows', 'keras']),
-        'step_variants.py': (step_variants.main, flags.STEP_VARIANTS, ['variants', 'rounds']),
-        'experiments.py': (experiments.main, flags.EXPERIMENTS,
+        'step_variants.py': (step_variants.main, tool_flags.STEP_VARIANTS, ['variants', 'rounds']),
+        'experiments.py': (experiments.main, tool_flags.EXPERIMENTS,
                            ['depths', 'seeds', 'out', 'work_dir', 'num_layers']),
-        'figures.py': (figures.main, flags.FIGURES, ['out']),
-        'curves.py': (curves.main, flags.CURVES, ['png', 'title']),
-        'gpu_report.py': (gpu_report.main, flags.GPU_REPORT, ['budget_minutes', 'out']),
-        'catalog.py': (catalog.main, flags.CATALOG, []),
+        'figures.py': (figures.main, tool_flags.FIGURES, ['out']),
+        'curves.py': (curves.main, tool_flags.CURVES, ['png', 'title']),
+        'gpu_report.py': (gpu_report.main, tool_flags.GPU_REPORT, ['budget_minutes', 'out']),
+        'catalog.py': (catalog.main, tool_flags.CATALOG, []),
     }
 
 
@@ -497,9 +499,27 @@ def test_helpfull_adds_absls_flags_only(capsys):
 def test_a_foreign_flag_points_at_help():
     from v2.tools import curves
     status, line = app.call(curves.main, ['curves.py', '--num_iterations=3', 'run'],
-                            flags.CURVES)
+                            tool_flags.CURVES)
     assert (status, line) == (2, 'curves.py: error: --num_iterations is not a flag of curves.py '
                                  '(see --help)')
+
+
+def test_a_tools_help_puts_its_groups_where_a_user_looks_for_them(capsys):
+    from v2.tools import experiments
+    app.call(experiments.main, ['experiments.py', '--help'], tool_flags.EXPERIMENTS)
+    titles = re.findall(r'^(\S[^\n]*):$', capsys.readouterr().out, re.MULTILINE)
+    assert titles == ['flags', 'data and network', 'recipe (stored in every checkpoint)',
+                      'run and devices', 'the grid of runs', 'output']
+
+
+def test_the_command_line_never_imports_the_tools():
+    """v2.tools sits on v2.cli: the tools' flags join flags.ALL when a tool imports them."""
+    for path in sorted((ROOT / 'v2' / 'cli').glob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     ['%s.%s' % (node.module, a.name) for a in node.names]
+                     if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.startswith('v2.tools')], path.name
 
 
 def test_every_flag_has_one_help_group():

@@ -16,6 +16,7 @@ from v2.errors import UserError
 from v2.nets.model import ModelConfig
 from v2.runtime import devices
 from v2.runtime.devices import Device
+from v2.tools import flags as tool_flags
 from v2.training import loop, preflight
 from v2.training.recipe import Recipe
 
@@ -92,7 +93,7 @@ def test_a_gpu_named_where_tensorflow_sees_none_is_refused_with_the_fix(fake_dri
 
 def test_the_benchmark_says_so_too(fake_driver, capsys):
     from v2.tools import benchmark
-    status, line = app.call(benchmark.main, ['benchmark', '--devices=GPU:0'], flags.BENCHMARK)
+    status, line = app.call(benchmark.main, ['benchmark', '--devices=GPU:0'], tool_flags.BENCHMARK)
     assert status == 1 and 'requirements-gpu.txt' in line
 
 

@@ -49,18 +49,19 @@ def test_the_results_tables_are_the_ones_the_experiments_wrote(page, written):
 
 # --- every command the README, docs/ and the programs' docstrings give -----------------------
 
-# The programs a command can name, by script, module or console name: (module, its own flags).
+# The programs a command can name, by script, module or console name: (module, its own flags,
+# as the flags module and the name of the tuple there).
 PROGRAMS = {
-    'run_trainer.py': ('v2.cli.trainer', 'TRAINER'),
-    'run_evaluator.py': ('v2.cli.evaluator', 'EVALUATOR'),
-    'v2.cli.convert': ('v2.cli.convert', 'CONVERT'),
-    'v2.tools.benchmark': ('v2.tools.benchmark', 'BENCHMARK'),
-    'v2.tools.step_variants': ('v2.tools.step_variants', 'STEP_VARIANTS'),
-    'v2.tools.experiments': ('v2.tools.experiments', 'EXPERIMENTS'),
-    'v2.tools.figures': ('v2.tools.figures', 'FIGURES'),
-    'v2.tools.curves': ('v2.tools.curves', 'CURVES'),
-    'v2.tools.gpu_report': ('v2.tools.gpu_report', 'GPU_REPORT'),
-    'v2.tools.catalog': ('v2.tools.catalog', 'CATALOG'),
+    'run_trainer.py': ('v2.cli.trainer', 'v2.cli.flags.TRAINER'),
+    'run_evaluator.py': ('v2.cli.evaluator', 'v2.cli.flags.EVALUATOR'),
+    'v2.cli.convert': ('v2.cli.convert', 'v2.cli.flags.CONVERT'),
+    'v2.tools.benchmark': ('v2.tools.benchmark', 'v2.tools.flags.BENCHMARK'),
+    'v2.tools.step_variants': ('v2.tools.step_variants', 'v2.tools.flags.STEP_VARIANTS'),
+    'v2.tools.experiments': ('v2.tools.experiments', 'v2.tools.flags.EXPERIMENTS'),
+    'v2.tools.figures': ('v2.tools.figures', 'v2.tools.flags.FIGURES'),
+    'v2.tools.curves': ('v2.tools.curves', 'v2.tools.flags.CURVES'),
+    'v2.tools.gpu_report': ('v2.tools.gpu_report', 'v2.tools.flags.GPU_REPORT'),
+    'v2.tools.catalog': ('v2.tools.catalog', 'v2.tools.flags.CATALOG'),
 }
 CONSOLE = {name: target.split(':')[0] for name, target in
            tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['scripts'].items()}
@@ -178,9 +179,11 @@ def test_every_command_in_the_docs_parses_and_names_files_that_exist(where, comm
         return
     module, own = PROGRAMS[key]
     main = importlib.import_module(module).main
+    flags_module, group = own.rsplit('.', 1)
+    own = getattr(importlib.import_module(flags_module), group)
     flags.FLAGS.unparse_flags()
     try:
-        positional = app.parse(argv, getattr(flags, own))[1:]
+        positional = app.parse(argv, own)[1:]
     except app.FlagsError as e:
         pytest.fail('does not parse: %s' % e)
     except SystemExit as e:                      # --help

@@ -8,10 +8,10 @@ import pytest
 import tensorflow as tf
 from conftest import ROOT
 
-from v2.cli import app, flags
+from v2.cli import app
 from v2.errors import UserError
 from v2.nets.model import ModelConfig
-from v2.tools import anatomy, experiments, figures
+from v2.tools import anatomy, experiments, figures, flags
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 TOY = ['--depths=8', '--seeds=1,2', '--num_iterations=4', '--log_per_iterations=2',
@@ -224,6 +224,9 @@ def test_figures_refuse_a_csv_that_is_not_figure6_points(tmp_path):
     (['switches', '--data_path={data}', '--switches=dropout'],
      '--switches=dropout: expected some of'),
     (['table', '--data_path={data}', '--tta'], '--tta is not a flag of experiments.py'),
+    (['table', '--data_path={data}', '--seeds=1,two'],
+     '--seeds=1,two: expected a comma-separated list of integers'),
+    (['table', '--data_path={data}', '--depths='], '--depths: give at least one value'),
 ])
 def test_bad_commands_get_one_line_and_write_nothing(args, message, session_data, tmp_path):
     status, line = run(*[a.format(data=session_data) for a in args],

@@ -324,8 +324,8 @@ def test_out_of_memory_at_the_evaluators_first_batch_is_one_line(trained_copy, s
 
 
 def test_out_of_memory_in_the_benchmark_is_one_line(monkeypatch):
-    from v2.cli import app, flags
-    from v2.tools import benchmark
+    from v2.cli import app
+    from v2.tools import benchmark, flags
 
     def measure(*args):
         raise tf.errors.ResourceExhaustedError(None, None, OOM)

@@ -19,8 +19,8 @@ import pytest
 from conftest import ROOT
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from v2.cli import app, flags
-from v2.tools import gpu_page, gpu_report, gpu_trace
+from v2.cli import app
+from v2.tools import flags, gpu_page, gpu_report, gpu_trace
 
 NAMES = {1: 'volta_sgemm', 2: 'MemcpyHtoD', 3: 'fusion_12'}
 

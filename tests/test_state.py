@@ -13,6 +13,7 @@ from conftest import quiet
 from v2.cli import app, flags, trainer
 from v2.nets import layers
 from v2.tools import benchmark, experiments
+from v2.tools import flags as tool_flags
 from v2.training import loop
 from v2.training.state import TrainState
 
@@ -62,12 +63,12 @@ def test_the_benchmark_and_the_experiments_train_the_trainers_state(session_data
         benchmark.time_in_memory_step(config, the_recipe, options,
                                       loop.set_up(config, the_recipe, options, quiet),
                                       benchmark.Timing(1, 1, 1))
-    status, line = app.call(time_in_memory, ['benchmark', data, *FLAGS], flags.BENCHMARK)
+    status, line = app.call(time_in_memory, ['benchmark', data, *FLAGS], tool_flags.BENCHMARK)
     assert status == 0, line
     who = 'experiments'
     status, line = app.call(experiments.main, [
         'experiments', 'table', data, '--depths=8', '--seeds=5', '--work_dir=%s' % (
-            tmp_path / 'grid'), '--out=%s' % (tmp_path / 'out'), *FLAGS], flags.EXPERIMENTS)
+            tmp_path / 'grid'), '--out=%s' % (tmp_path / 'out'), *FLAGS], tool_flags.EXPERIMENTS)
     assert status == 0, line
     quiet(capsys.readouterr())
     assert set(seen) == {'trainer', 'benchmark', 'experiments'}

@@ -5,10 +5,12 @@ mistake, whose setting names become flags here) is printed as one line on stderr
 with exit status 2 or 1, never as a traceback. `call` does the same in-process
 and returns the status and the line, for the tests.
 
-Every flag is defined in v2.cli.flags, so absl's --help (the main module's key
-flags) would list none and --helpfull every program's. Here --help and --helpshort
-list the program's own flags in the groups of flags.HELP_GROUPS, and --helpfull adds
-absl's own; both are rendered by absl (FlagValues.module_help, get_help).
+Every flag is defined in a flags module (v2.cli.flags; the tools' in v2.tools.flags),
+so absl's --help (the main module's key flags) would list none and --helpfull every
+loaded program's. Here --help and --helpshort list the program's own flags in the
+groups of flags.HELP_GROUPS, and --helpfull adds absl's own; both are rendered by
+absl (FlagValues.module_help, get_help). "Our" flags, refused to a program that does
+not own them, are flags.ALL: those of every program loaded in the process.
 """
 
 import os

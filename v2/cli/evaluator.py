@@ -6,7 +6,7 @@ import os
 from v2.cli import app, flags
 from v2.data import cifar
 from v2.errors import UserError
-from v2.evaluation import evaluate, export, onnx_export
+from v2.evaluation import evaluate, export, onnx_export, reliability
 
 FLAGS = flags.FLAGS
 
@@ -54,8 +54,7 @@ def main(argv):
             export.predict_files(serving, FLAGS.images)
         return 0
     if FLAGS.reliability_png:
-        from v2.tools import figures  # matplotlib: refused before anything is evaluated
-        figures.pyplot()
+        reliability.pyplot()                # matplotlib: refused before anything is evaluated
         evaluate.check_writable(FLAGS.reliability_png, 'reliability_png')
     results = evaluate.evaluate_checkpoints(
         FLAGS.ckpt_path, FLAGS.data_path, flags.explicit_architecture(),
@@ -65,7 +64,7 @@ def main(argv):
         temperature_scaling=FLAGS.temperature_scaling)
     if FLAGS.reliability_png:
         shown = next((r for r in results if r.which == 'last'), results[-1])
-        figures.reliability_diagram(shown, FLAGS.reliability_png)
+        reliability.draw(shown, FLAGS.reliability_png)
         print('wrote %s' % FLAGS.reliability_png)
     return 0
 

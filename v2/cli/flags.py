@@ -1,11 +1,13 @@
-"""Every flag of every command, defined once, and the configs they make.
+"""The flags of the trainer, the evaluator and the converter, defined once, and the configs
+they make.
 
-Each program lists the flags that are its own (TRAINER, EVALUATOR, BENCHMARK,
-EXPERIMENTS, FIGURES, ...); app.parse refuses the others in one line, and --help lists
-them in HELP_GROUPS. All of them can
-be loaded in one process, so the tests run the programs side by side.
-`model_config`, `recipe` and `run_options` turn the parsed flags into the library's
-ModelConfig, Recipe and RunOptions.
+Each program lists the flags that are its own (TRAINER, EVALUATOR, CONVERT); app.parse
+refuses the others in one line, and --help lists them in HELP_GROUPS. The tools'
+flags are in v2.tools.flags, which adds them to ALL and HELP_GROUPS when imported
+(add_programs); nothing here imports the tools. All of them can be loaded in one
+process, so the tests run the programs side by side. `model_config`, `recipe` and
+`run_options` turn the parsed flags into the library's ModelConfig, Recipe and
+RunOptions.
 """
 
 import dataclasses
@@ -212,56 +214,11 @@ flags.DEFINE_list('images', [], 'Instead of evaluating: print the predicted clas
                   'image files (PNG, JPEG, ...; resized to 32x32 where needed); a .tflite '
                   '--ckpt_path runs them through TensorFlow Lite\'s interpreter.')
 
-# --- the benchmark (python -m v2.tools.benchmark) ---
-flags.DEFINE_integer('warmup_steps', 20, 'Steps run before timing (tracing, caches).',
-                     lower_bound=1)
-flags.DEFINE_integer('windows', 5, 'Timing windows.', lower_bound=1)
-flags.DEFINE_integer('window_steps', 30, 'Steps in each timing window.', lower_bound=1)
-flags.DEFINE_boolean('keras', True, 'Also time a Keras 3 model.fit of the same network.')
-flags.DEFINE_enum('keras_precision', None, list(precision.PRECISIONS),
-                  'Precision of the Keras baseline (mixed_* policies); default: --precision. '
-                  'E.g. --precision=bfloat16 --keras_precision=float32 compares bf16 training '
-                  'against the fp32 Keras fit a user would otherwise run.')
-flags.DEFINE_boolean('conv_bound', True, 'Also time each convolution of the net alone: the '
-                     'conv ceiling and the conv-only bound on images/second.')
-flags.DEFINE_list('rss_steps', [], 'Instead of timing: train this many steps and print the '
-                  'resident memory at each listed step (e.g. 500,3000), to show it does not grow.')
-
-# --- the step variants (python -m v2.tools.step_variants) ---
-flags.DEFINE_list('variants', [], 'step_variants: the ways to time (default: every one).')
-flags.DEFINE_integer('rounds', 3, 'step_variants: rounds, each timing every variant in turn.',
-                     lower_bound=1)
-flags.DEFINE_boolean('machine_readable', False, 'step_variants: print only the rates.')
-
-# --- the GPU report (python -m v2.tools.gpu_report) ---
-flags.DEFINE_float('budget_minutes', 10.0, 'gpu_report: the whole report ends within this many '
-                   'minutes (and 30 s); a part that would not finish in time is skipped, one '
-                   'running at the deadline is stopped, each listed on the page with why.',
-                   lower_bound=0.0)
-flags.DEFINE_boolean('rehearse', False, 'gpu_report: run the same plan on the CPU at toy sizes '
-                     '(small nets, few steps), to try the deadline, the page and the signals.')
-
-# --- the experiments (python -m v2.tools.experiments) and figures ---
-flags.DEFINE_string('out', 'files', 'Folder for the figures, the CSV/JSON and the tables '
-                    '(gpu_report: for its Markdown, default docs/).')
+# --- the converter (python -m v2.cli.convert) ---
 flags.DEFINE_string('image_folder', None, 'Your images: one folder of PNG/JPEG files per class '
                     '(or train/ and test/ folders of such folders), converted into --data_path.')
 flags.DEFINE_float('test_fraction', 0.2, 'Without train/ and test/ folders: the share of each '
                    'class held out as the test set.')
-flags.DEFINE_string('png', 'curves.png', 'The PNG the training curves are drawn to.')
-flags.DEFINE_string('title', None, 'The curves\' title (default: the runs drawn).')
-flags.DEFINE_string('work_dir', None, 'One folder per run (checkpoints, TensorBoard logs, '
-                    'points); default: runs/<command>.')
-flags.DEFINE_list('depths', ['20', '56'], 'Depths of the grid (6n+2 for resnet).')
-flags.DEFINE_list('seeds', ['1', '2', '3'], 'Seeds; each network of the grid runs once per seed.')
-flags.DEFINE_list('networks', ['plain', 'resnet'], 'figure6: plain, resnet or both.')
-flags.DEFINE_boolean('reference', False, 'figure6: train the same grid through a Keras 3 model '
-                     'of the same net instead (v2.tools.keras_nets), as a check on ours.')
-flags.DEFINE_boolean('plot', True, 'Draw the PNGs after writing the CSV/JSON (needs matplotlib).')
-flags.DEFINE_list('switches', [], 'switches: the modern options to compare with the default '
-                  'recipe (label_smoothing, cosine, ema, cutout, mixup, cutmix, zero_init, '
-                  'distill, tta; default: all). distill trains a ResNet-56 teacher first, unless '
-                  '--teacher_ckpt names one.')
 
 DATA_AND_NETWORK = ('data_path', 'dataset', 'coarse_labels', 'model', 'num_layers',
                     'resnet_version', 'bottleneck', 'shortcut_type', 'shortcut_connections',
@@ -280,23 +237,14 @@ TRAINER = (DATA_AND_NETWORK + RECIPE + RUN
 EVALUATOR = DATA_AND_NETWORK + ('ckpt_path', 'log_path', 'all_checkpoints', 'output_json', 'tta',
                                 'averaged', 'export_dir', 'tflite', 'onnx', 'images', 'devices',
                                 'temperature_scaling', 'reliability_png')
-BENCHMARK = (DATA_AND_NETWORK + RECIPE + RUN
-             + ('warmup_steps', 'windows', 'window_steps', 'keras', 'keras_precision',
-                'conv_bound', 'rss_steps'))
-EXPERIMENTS = (DATA_AND_NETWORK + RECIPE + RUN
-               + ('out', 'work_dir', 'depths', 'seeds', 'networks', 'reference', 'plot',
-                  'switches'))
-STEP_VARIANTS = BENCHMARK + ('variants', 'rounds', 'machine_readable')
-GPU_REPORT = ('data_path', 'devices', 'tf32', 'out', 'warmup_steps', 'windows', 'window_steps',
-              'budget_minutes', 'rehearse')
-FIGURES = ('out',)
-CURVES = ('png', 'title')
 CONVERT = ('image_folder', 'data_path', 'test_fraction')
-CATALOG = ()
-ALL = tuple(dict.fromkeys(TRAINER + EVALUATOR + BENCHMARK + STEP_VARIANTS + EXPERIMENTS
-                          + FIGURES + GPU_REPORT + CURVES + CONVERT))
+# Every flag of a program loaded in this process, which app.parse refuses to the programs
+# that do not own it: these three's, and the tools' once v2.tools.flags is imported
+# (add_programs). Read it as flags.ALL, when it is used: the tuple is replaced as it grows.
+ALL = tuple(dict.fromkeys(TRAINER + EVALUATOR + CONVERT))
 
-# How --help groups a program's own flags, as a user thinks of them; every flag is in one group.
+# How --help groups a program's own flags, as a user thinks of them; every flag of ALL is in
+# one group. The tools add theirs (add_programs).
 HELP_GROUPS = (
     ('data and network', ('data_path', 'dataset', 'coarse_labels', 'download', 'download_url',
                           'download_md5', 'image_folder', 'test_fraction', 'model', 'num_layers',
@@ -308,13 +256,29 @@ HELP_GROUPS = (
                          'eval_batch_size', 'worker_timeout', 'log_per_iterations', 'save_every',
                          'max_to_keep', 'eval_every', 'dry_run')),
     ('evaluation', ('all_checkpoints', 'tta', 'averaged', 'temperature_scaling', 'images')),
-    ('timing', ('warmup_steps', 'windows', 'window_steps', 'keras', 'keras_precision',
-                'conv_bound', 'rss_steps', 'variants', 'rounds', 'machine_readable',
-                'budget_minutes', 'rehearse')),
-    ('the grid of runs', ('depths', 'seeds', 'networks', 'reference', 'switches')),
     ('output', ('ckpt_path', 'log_path', 'output_json', 'reliability_png', 'export_dir', 'tflite',
-                'onnx', 'out', 'work_dir', 'plot', 'png', 'title')),
+                'onnx')),
 )
+
+
+def add_programs(programs, help_groups):
+    """Makes the flags of more programs (each a tuple of its own flags) ours, in ALL, and
+    adds their (title, flags) help groups to HELP_GROUPS: to the group of the same title,
+    or as a new group just before the next of `help_groups` already there (else last),
+    so that both orders of the titles hold. The tools' flags module calls it once."""
+    global ALL, HELP_GROUPS
+    ALL = tuple(dict.fromkeys(ALL + tuple(name for own in programs for name in own)))
+    groups = [(title, tuple(names)) for title, names in HELP_GROUPS]
+    for i, (title, names) in enumerate(help_groups):
+        titles = [t for t, _ in groups]
+        if title in titles:
+            at = titles.index(title)
+            groups[at] = (title, groups[at][1] + tuple(names))
+        else:
+            later = [t for t, _ in help_groups[i + 1:] if t in titles]
+            groups.insert(titles.index(later[0]) if later else len(groups), (title, tuple(names)))
+    HELP_GROUPS = tuple(groups)
+
 
 # Flags that do not apply to a family, refused when given explicitly.
 NOT_FOR = {
@@ -381,13 +345,18 @@ def data_path(config):
     return FLAGS.data_path or cifar.spec_of(config.dataset).folder
 
 
-def _numbers(flag, kind):
+def numbers(flag, kind, *, at_least_one=False):
+    """The values of a list flag as `kind` (int or float); a one-line error naming the flag
+    where one is not such a number, or (at_least_one) where there are none."""
     try:
-        return tuple(kind(v) for v in FLAGS[flag].value)
+        values = tuple(kind(v) for v in FLAGS[flag].value)
     except ValueError:
         raise UserError('--%s=%s: expected a comma-separated list of %s'
                         % (flag, ','.join(FLAGS[flag].value),
                            'integers' if kind is int else 'numbers')) from None
+    if at_least_one and not values:
+        raise UserError('--%s: give at least one value' % flag)
+    return values
 
 
 def recipe(**changes) -> recipe_lib.Recipe:
@@ -395,8 +364,8 @@ def recipe(**changes) -> recipe_lib.Recipe:
     values = dict(
         batch_size=FLAGS.batch_size, num_iterations=FLAGS.num_iterations,
         weight_decay=FLAGS.weight_decay, momentum=FLAGS.momentum, nesterov=FLAGS.nesterov,
-        schedule=schedule.Schedule(boundaries=_numbers('lr_boundaries', int),
-                                   values=_numbers('lr_values', float),
+        schedule=schedule.Schedule(boundaries=numbers('lr_boundaries', int),
+                                   values=numbers('lr_values', float),
                                    warmup_iterations=FLAGS.warmup_iterations,
                                    warmup_lr=FLAGS.warmup_lr, warmup=FLAGS.warmup,
                                    decay=FLAGS.lr_decay,

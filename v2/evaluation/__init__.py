@@ -1,1 +1,2 @@
-"""Evaluation: evaluate (metrics of checkpoints), export (SavedModel, TFLite, image files)."""
+"""Evaluation: evaluate (metrics of checkpoints), calibration (ECE, NLL, Brier, temperature
+scaling) and its reliability diagram, export (SavedModel, TFLite, image files), onnx_export."""

@@ -32,14 +32,14 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from v2.cli import app, flags
+from v2.cli import app
 from v2.data import cifar, pipeline
 from v2.errors import UserError
 from v2.evaluation.evaluate import Evaluator
 from v2.nets import model
 from v2.runtime import distribution, memory
 from v2.runtime import precision as precision_lib
-from v2.tools import conv_timing
+from v2.tools import conv_timing, flags
 from v2.training import loop
 from v2.training.state import TrainState
 

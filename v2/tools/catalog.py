@@ -125,7 +125,8 @@ def main(argv):
 
 def run():
     """python -m v2.tools.catalog: any flag but absl's is refused in one line."""
-    from v2.cli import app, flags
+    from v2.cli import app
+    from v2.tools import flags
     app.run(main, flags.CATALOG)
 
 

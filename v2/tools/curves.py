@@ -11,10 +11,10 @@ al. 2015, Figure 6. Right: the training loss (thin) and the evaluation cross-ent
 
 import os
 
-from v2.cli import app, flags
+from v2.cli import app
 from v2.errors import UserError
 from v2.evaluation import evaluate
-from v2.tools import figures
+from v2.tools import figures, flags
 from v2.training import record
 
 COLOURS = ('#2c7bb6', '#d7191c', '#1a9641', '#e6a100', '#7b3294', '#444444')

@@ -53,13 +53,13 @@ import sys
 
 import tensorflow as tf
 
-from v2.cli import app, flags
+from v2.cli import app
 from v2.data import cifar
 from v2.errors import UserError
 from v2.evaluation import evaluate
 from v2.nets import model
 from v2.runtime import devices
-from v2.tools import catalog
+from v2.tools import catalog, flags
 from v2.training import loop
 from v2.training.options import RunOptions
 from v2.training.recipe import Recipe
@@ -79,17 +79,6 @@ SWITCHES = {
     'distill': 'distilled from a ResNet-56 teacher, alpha 0.9, T 4 (Hinton et al. 2015)',
     'tta': 'the default runs evaluated with flipped views averaged',
 }
-
-
-def _integers(name):
-    try:
-        values = [int(v) for v in FLAGS[name].value]
-    except ValueError:
-        raise UserError('--%s=%s: expected integers separated by commas'
-                        % (name, ','.join(FLAGS[name].value))) from None
-    if not values:
-        raise UserError('--%s: give at least one value' % name)
-    return values
 
 
 @dataclasses.dataclass
@@ -176,7 +165,8 @@ def read_grid(command):
     count = lambda paths: sum(os.path.getsize(p) for p in paths) // spec.record_bytes  # noqa
     train_images = count(cifar.check_files(FLAGS.data_path, spec.train_files, spec))
     test_images = count(cifar.check_files(FLAGS.data_path, spec.test_files, spec))
-    return Grid(FLAGS.data_path, train_images, test_images, flags.recipe(), _integers('seeds'),
+    seeds = list(flags.numbers('seeds', int, at_least_one=True))
+    return Grid(FLAGS.data_path, train_images, test_images, flags.recipe(), seeds,
                 FLAGS.work_dir or os.path.join('runs', command), FLAGS.out,
                 flags.run_options(config), tuple(FLAGS.devices))
 
@@ -628,7 +618,7 @@ def main(argv):
                                 % (','.join(chosen), ','.join(SWITCHES)))
             written = switches(grid, flags.model_config(), chosen)
         else:
-            depths = _integers('depths')
+            depths = list(flags.numbers('depths', int, at_least_one=True))
             base = check_depths(depths)
             if command == 'table':
                 written = table(grid, base, depths)

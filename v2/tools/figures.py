@@ -15,24 +15,13 @@ import os
 import statistics
 import textwrap
 
-from v2.cli import app, flags
+from v2.cli import app
 from v2.errors import UserError
+from v2.evaluation.reliability import pyplot  # figures.pyplot, as the tools call it
+from v2.tools import flags
 
 # Depth -> colour, the same in both panels so that depths can be compared across them.
 COLOURS = {20: '#e6a100', 32: '#2c7bb6', 44: '#1a9641', 56: '#d7191c', 110: '#7b3294'}
-
-
-def pyplot():
-    """matplotlib's pyplot drawing to files, or a one-line error naming the install."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise UserError('the figures need matplotlib, which is not installed: pip install '
-                        'matplotlib (the CSV/JSON are written; draw them later with python -m '
-                        'v2.tools.figures)') from None
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def read_points(path):
@@ -201,45 +190,6 @@ def architecture(json_path, out):
     fig.savefig(path)
     plt.close(fig)
     return [path]
-
-
-def reliability_diagram(result, path):
-    """The reliability diagram of one evaluated checkpoint (v2.evaluation.evaluate.Result):
-    per confidence bin, the accuracy (bars) against the mean confidence (the diagonal
-    where calibrated), and, with temperature scaling, the same after it beside."""
-    plt = pyplot()
-    panels = [('as trained', result.metrics.calibration)]
-    if result.scaled:
-        panels.append(('after temperature scaling, T = %.2f' % result.scaled.temperature,
-                       result.scaled))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
-    for ax, (title, c) in zip(axes[0], panels):
-        bins = len(c.bin_count)
-        edges = [i / bins for i in range(bins)]
-        filled = [n > 0 for n in c.bin_count]
-        ax.bar([e for e, f in zip(edges, filled) if f],
-               [a for a, f in zip(c.bin_accuracy, filled) if f], width=1 / bins, align='edge',
-               color='#2c7bb6', edgecolor='white', label='accuracy')
-        ax.bar([e for e, f in zip(edges, filled) if f],
-               [m - a for m, a, f in zip(c.bin_confidence, c.bin_accuracy, filled) if f],
-               bottom=[a for a, f in zip(c.bin_accuracy, filled) if f], width=1 / bins,
-               align='edge', color='#d7191c', alpha=0.3, label='gap to the mean confidence')
-        ax.plot([0, 1], [0, 1], color='#444444', lw=1, ls='--')
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel='confidence (top softmax probability)',
-               ylabel='accuracy', title=title)
-        ax.text(0.03, 0.93, 'ECE %.2f%%  NLL %.3f  Brier %.3f' % (100 * c.ece, c.nll, c.brier),
-                fontsize=8, transform=ax.transAxes)
-        ax.legend(loc='lower right', fontsize=7)
-    fitted = (', T fitted on %d validation images' % result.validation_images
-              if result.scaled else '')
-    fig.suptitle('%s, step %s: %d test images, %d equal-width bins%s'
-                 % (os.path.basename(result.prefix), result.step,
-                    result.metrics.num_examples, len(result.metrics.calibration.bin_count),
-                    fitted), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def draw(path, out):

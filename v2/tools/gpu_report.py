@@ -41,10 +41,10 @@ import tempfile
 import threading
 import time
 
-from v2.cli import app, flags
+from v2.cli import app
 from v2.errors import UserError
 from v2.runtime import devices
-from v2.tools import gpu_page
+from v2.tools import flags, gpu_page
 
 FLAGS = flags.FLAGS
 FINISH_S = 3.0                     # kept back from the deadline to finish the page

@@ -28,9 +28,10 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from v2.cli import app, flags
+from v2.cli import app
 from v2.errors import UserError
 from v2.nets import layers
+from v2.tools import flags
 from v2.training import loop
 from v2.training.options import RunOptions
 from v2.training.state import TrainState
