@@ -236,6 +236,43 @@ def test_bad_commands_get_one_line_and_write_nothing(args, message, session_data
 
 
 @pytest.mark.slow
+def test_figure6_keeps_the_runs_of_a_previous_figure_and_trains_only_the_new_ones(
+        toy_run, session_data, tmp_path):
+    """With --previous the seeds 1 and 2 of toy_run's figure are kept point for point (their
+    work folders are not there: nothing could resume them) and only seed 3 is trained; the
+    summary names the seeds of every network and depth."""
+    status, line = run('figure6', '--data_path=%s' % session_data, '--out=%s' % (tmp_path / 'out'),
+                       '--work_dir=%s' % (tmp_path / 'work'), *TOY, '--seeds=1,2,3',
+                       '--previous=%s' % (toy_run / 'files' / 'figure6.csv'))
+    assert status == 0, line
+    assert sorted(os.listdir(tmp_path / 'work')) == ['plain8_seed3', 'recipe.json',
+                                                     'resnet8_seed3']
+    with open(toy_run / 'files' / 'figure6.csv') as f:
+        before = list(csv.DictReader(f))
+    with open(tmp_path / 'out' / 'figure6.csv') as f:
+        after = list(csv.DictReader(f))
+    assert [r for r in after if r['seed'] != '3'] == before
+    assert len(after) == len(before) * 3 // 2
+    with open(tmp_path / 'out' / 'figure6.json') as f:
+        summary = json.load(f)
+    assert summary['seeds'] == [1, 2, 3]
+    assert [e['seeds'] for e in summary['final']] == [[1, 2, 3], [1, 2, 3]]
+
+
+def test_figure6_refuses_a_previous_figure_of_another_recipe(session_data, tmp_path):
+    (tmp_path / 'figure6.csv').write_text('network,depth,seed,step,split,error,cross_entropy\n')
+    (tmp_path / 'figure6.json').write_text(json.dumps({'recipe': {'weight_decay': 0.5}}))
+    status, line = run('figure6', '--data_path=%s' % session_data, *TOY,
+                       '--work_dir=%s' % (tmp_path / 'work'), '--out=%s' % (tmp_path / 'out'),
+                       '--previous=%s' % (tmp_path / 'figure6.csv'))
+    assert status == 1
+    assert line.startswith('experiments.py: error: --previous=%s: its runs were made with '
+                           'another ' % (tmp_path / 'figure6.csv'))
+    assert 'recipe.weight_decay' in line and 'training_images' in line
+    assert not (tmp_path / 'work').exists() and not (tmp_path / 'out').exists()
+
+
+@pytest.mark.slow
 def test_the_keras_reference_trains_the_same_grid(session_data, tmp_path):
     status, line = run('figure6', '--reference', '--data_path=%s' % session_data,
                        '--out=%s' % tmp_path, '--work_dir=%s' % (tmp_path / 'work'), '--noplot',

@@ -262,9 +262,13 @@ def percent(values):
 
 # --- figure6 -------------------------------------------------------------------------------
 
-def figure6(grid, base, depths, networks, reference=False):
+def figure6(grid, base, depths, networks, reference=False, previous=''):
     """figure6: the plain and residual nets of every depth and seed, trained (or through
-    the Keras model) with their training and test error recorded; writes figure6.*."""
+    the Keras model) with their training and test error recorded; writes figure6.*.
+
+    previous: a figure6.csv written before with the same recipe, network and data (its
+    figure6.json beside it says so): its runs are kept as they are, not trained again,
+    and the figure and tables hold them beside the new ones."""
     if not grid.options.eval_every or grid.recipe.validation_split:
         raise UserError('figure6 plots the test error: give eval_every (e.g. the same as '
                         'log_per_iterations) and no validation_split',
@@ -272,29 +276,37 @@ def figure6(grid, base, depths, networks, reference=False):
     if reference:        # the trainer sets up its devices itself; Keras needs it done here
         devices.setup('default', devices=grid.devices, tf32=grid.options.tf32)
     name = 'figure6_reference' if reference else 'figure6'
+    rows = previous_rows(previous, grid, base) if previous else []      # checked first
     grid.check_work_dir(grid.spec(base))
     configs = {(network, depth): dataclasses.replace(base, num_layers=depth,
                                                      shortcut_connections=network == 'resnet')
                for depth in depths for network in networks}
+    kept = {(r['network'], r['depth'], r['seed']) for r in rows}
     runs = [Run(dict(network=network, depth=depth, seed=seed),
                 # The Keras runs keep their own folders: figure6 and figure6 --reference
                 # may share a work_dir, and neither may take the other's finished runs.
                 run_folder(grid.folder, configs[network, depth], seed,
                            'keras_' if reference else ''),
                 configs[network, depth], dataclasses.replace(grid.recipe, seed=seed))
-            for depth in depths for network in networks for seed in grid.seeds]
-    rows = []
+            for depth in depths for network in networks for seed in grid.seeds
+            if (network, depth, seed) not in kept]
     for i, run in enumerate(runs, 1):
         points = (reference_run(grid, run, i, len(runs)) if reference
                   else grid.train(run, i, len(runs)))
         rows += [dict(run.labels, **row) for row in points.rows]
-    summary = summarize(rows, depths, networks, grid.seeds, grid.recipe.num_iterations)
+    depths = sorted({r['depth'] for r in rows} | set(depths))
+    networks = [n for n in NETWORKS if n in networks or any(r['network'] == n for r in rows)]
+    configs.update({(network, depth): dataclasses.replace(
+        base, num_layers=depth, shortcut_connections=network == 'resnet')
+        for depth in depths for network in networks})
+    seeds = sorted({r['seed'] for r in rows} | set(grid.seeds))
+    summary = summarize(rows, depths, networks, seeds, grid.recipe.num_iterations)
     label = grid.label() + ('; trained through the Keras 3 model of the same nets'
                             if reference else '')
     written = write_results(
         grid.out, name, rows, ['network', 'depth', 'seed', 'step', 'split', 'error',
                                'cross_entropy'],
-        {'recipe': json.loads(grid.recipe.to_json()), 'seeds': grid.seeds,
+        {'recipe': json.loads(grid.recipe.to_json()), 'seeds': seeds,
          'network': json.loads(base.to_json()),
          'implementation': 'Keras 3 (v2.tools.keras_nets)' if reference else 'v2',
          'training_images': grid.train_images, 'test_images': grid.test_images,
@@ -303,6 +315,38 @@ def figure6(grid, base, depths, networks, reference=False):
     for line in summary_lines(summary):
         print(line)
     return written
+
+
+# What a figure6.json records of the runs beside it that must be the same to join them.
+_NOT_COMPARED = {'recipe': ('seed',), 'network': ('num_layers', 'shortcut_connections')}
+
+
+def previous_rows(path, grid, base):
+    """The points of a figure6.csv written before, checked against its figure6.json: made
+    with this recipe (but its seed), this network (but its depth and shortcuts) and the
+    same number of training and test images, else refused in one line."""
+    json_path = os.path.splitext(path)[0] + '.json'
+    try:
+        with open(json_path) as f:
+            before = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError('--previous=%s: cannot read %s beside it (%s)'
+                        % (path, json_path, getattr(e, 'strerror', None) or e)) from None
+    now = {'recipe': json.loads(grid.recipe.to_json()), 'network': json.loads(base.to_json()),
+           'training_images': grid.train_images, 'test_images': grid.test_images}
+    changed = []
+    for key, value in now.items():
+        then = before.get(key)
+        if isinstance(value, dict) and isinstance(then, dict):
+            changed += ['%s.%s' % (key, k) for k in sorted(set(value) | set(then))
+                        if k not in _NOT_COMPARED[key] and value.get(k) != then.get(k)]
+        elif value != then:
+            changed.append(key)
+    if changed:
+        raise UserError('--previous=%s: its runs were made with another %s; they cannot join '
+                        'these (nothing was written)' % (path, ', '.join(changed)))
+    from v2.tools import figures
+    return [dict(r, cross_entropy=float(r['cross_entropy'])) for r in figures.read_points(path)]
 
 
 def figure6_markdown(summary, configs, recipe, label):
@@ -348,18 +392,24 @@ def write_csv(rows, path, fields):
 
 
 def summarize(rows, depths, networks, seeds, last):
-    """Final training and test error of each network and depth: per seed, mean and std."""
+    """Final training and test error of each network and depth that has runs: per seed
+    (the seeds named), mean and std."""
     summary = []
     for depth in depths:
         for network in networks:
             entry = {'network': network, 'depth': depth}
             for split in ('train', 'test'):
-                errors = [r['error'] for seed in seeds for r in rows
-                          if (r['network'], r['depth'], r['seed'], r['split'], r['step'])
-                          == (network, depth, seed, split, last)]
+                final = [(seed, r['error']) for seed in seeds for r in rows
+                         if (r['network'], r['depth'], r['seed'], r['split'], r['step'])
+                         == (network, depth, seed, split, last)]
+                errors = [error for _, error in final]
+                if not errors:
+                    break                   # not run (a depth of one network only)
                 mean, std = mean_std(errors)
                 entry[split] = {'per_seed': errors, 'mean': mean, 'std': std}
-            summary.append(entry)
+                entry['seeds'] = [seed for seed, _ in final]
+            else:
+                summary.append(entry)
     return summary
 
 
@@ -629,7 +679,8 @@ def main(argv):
                 if not networks or set(networks) - set(NETWORKS):
                     raise UserError('--networks=%s: expected plain, resnet or both'
                                     % ','.join(networks))
-                written = figure6(grid, base, depths, networks, FLAGS.reference)
+                written = figure6(grid, base, depths, networks, FLAGS.reference,
+                                  FLAGS.previous)
     if FLAGS.plot and command in ('figure6', 'architecture'):
         from v2.tools import figures
         figures.draw(written, FLAGS.out)

@@ -68,6 +68,9 @@ def figure6(csv_path, out):
     if not rows:
         raise UserError('%s: holds no points' % csv_path)
     seeds = len({r['seed'] for r in rows})
+    seeds_of = {}
+    for r in rows:
+        seeds_of.setdefault((r['network'], r['depth']), set()).add(r['seed'])
     top = min(100.0, 5 * (int(max(100 * r['error'] for r in rows) / 5) + 1))
     networks = [n for n in ('plain', 'resnet') if any(r['network'] == n for r in rows)]
     fig, axes = plt.subplots(1, len(networks), figsize=(5.0 * len(networks), 4.0), dpi=120,
@@ -77,9 +80,11 @@ def figure6(csv_path, out):
         for split, style, width in (('train', '--', 1.0), ('test', '-', 2.2)):
             for depth, (steps, errors, low, high) in mean_curves(rows, network, split).items():
                 colour = COLOURS.get(depth, 'black')
+                ran = sorted(seeds_of[network, depth])
                 ax.plot(steps, errors, style, linewidth=width, color=colour,
-                        label='%s-%d' % (title, depth) if split == 'test' else None)
-                if split == 'test' and seeds > 1:
+                        label='%s-%d (%s)' % (title, depth, seed_label(ran))
+                        if split == 'test' else None)
+                if split == 'test' and len(ran) > 1:
                     ax.fill_between(steps, low, high, color=colour, alpha=0.15, linewidth=0)
         ax.set_xlabel('iterations')
         ax.set_ylim(0, top)
@@ -87,7 +92,9 @@ def figure6(csv_path, out):
         ax.set_title('plain nets' if network == 'plain' else 'ResNets', fontsize=10)
         ax.legend(loc='upper right', fontsize=8)
     axes[0][0].set_ylabel('error (%)')
-    fig.suptitle(textwrap.fill(figure6_title(csv_path, seeds), 72 * len(networks)), fontsize=9)
+    same = len({frozenset(s) for s in seeds_of.values()}) == 1
+    fig.suptitle(textwrap.fill(figure6_title(csv_path, seeds if same else None),
+                               72 * len(networks)), fontsize=9)
     fig.tight_layout()
     path = os.path.join(out, os.path.splitext(os.path.basename(csv_path))[0] + '.png')
     fig.savefig(path)
@@ -95,12 +102,24 @@ def figure6(csv_path, out):
     return [path]
 
 
+def seed_label(seeds):
+    """'seed 1', 'seeds 1-3', 'seeds 1, 3': the seeds of one line of the figure."""
+    if len(seeds) == 1:
+        return 'seed %d' % seeds[0]
+    if seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return 'seeds %d-%d' % (seeds[0], seeds[-1])
+    return 'seeds ' + ', '.join(map(str, seeds))
+
+
 def figure6_title(csv_path, seeds):
-    """The line over both panels; figure6 --reference's figure says that Keras trained it."""
+    """The line over both panels (seeds: of every line, or None where they differ);
+    figure6 --reference's figure says that Keras trained it."""
     keras = 'reference' in os.path.basename(csv_path)
-    return '%smean of %d seed%s; dashed: training error, bold: test error%s' % (
-        'Keras 3 model of the same nets: ' if keras else '', seeds, 's' if seeds > 1 else '',
-        ' (shaded: lowest to highest seed)' if seeds > 1 else '')
+    return '%s%s; dashed: training error, bold: test error%s' % (
+        'Keras 3 model of the same nets: ' if keras else '',
+        'mean of %d seed%s' % (seeds, 's' if seeds > 1 else '') if seeds
+        else 'mean over the seeds each line names', ' (shaded: lowest to highest seed)'
+        if seeds is None or seeds > 1 else '')
 
 
 def architecture(json_path, out):

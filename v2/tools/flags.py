@@ -61,6 +61,9 @@ flags.DEFINE_list('seeds', ['1', '2', '3'], 'Seeds; each network of the grid run
 flags.DEFINE_list('networks', ['plain', 'resnet'], 'figure6: plain, resnet or both.')
 flags.DEFINE_boolean('reference', False, 'figure6: train the same grid through a Keras 3 model '
                      'of the same net instead (v2.tools.keras_nets), as a check on ours.')
+flags.DEFINE_string('previous', '', 'figure6: a figure6.csv written before with the same recipe '
+                    '(e.g. files/figure6.csv; its .json beside it is checked): its runs are kept '
+                    'as they are and only the depths and seeds it lacks are trained.')
 flags.DEFINE_boolean('plot', True, 'Draw the PNGs after writing the CSV/JSON (needs matplotlib).')
 flags.DEFINE_list('switches', [], 'switches: the modern options to compare with the default '
                   'recipe (label_smoothing, cosine, ema, cutout, mixup, cutmix, zero_init, '
@@ -71,8 +74,8 @@ BENCHMARK = (DATA_AND_NETWORK + RECIPE + RUN
              + ('warmup_steps', 'windows', 'window_steps', 'keras', 'keras_precision',
                 'conv_bound', 'rss_steps'))
 EXPERIMENTS = (DATA_AND_NETWORK + RECIPE + RUN
-               + ('out', 'work_dir', 'depths', 'seeds', 'networks', 'reference', 'plot',
-                  'switches'))
+               + ('out', 'work_dir', 'depths', 'seeds', 'networks', 'reference', 'previous',
+                  'plot', 'switches'))
 STEP_VARIANTS = BENCHMARK + ('variants', 'rounds', 'machine_readable')
 GPU_REPORT = ('data_path', 'devices', 'tf32', 'out', 'warmup_steps', 'windows', 'window_steps',
               'budget_minutes', 'rehearse')
@@ -86,7 +89,7 @@ HELP_GROUPS = (
     ('timing', ('warmup_steps', 'windows', 'window_steps', 'keras', 'keras_precision',
                 'conv_bound', 'rss_steps', 'variants', 'rounds', 'machine_readable',
                 'budget_minutes', 'rehearse')),
-    ('the grid of runs', ('depths', 'seeds', 'networks', 'reference', 'switches')),
+    ('the grid of runs', ('depths', 'seeds', 'networks', 'reference', 'previous', 'switches')),
     ('output', ('out', 'work_dir', 'plot', 'png', 'title')),
 )
 cli_flags.add_programs((BENCHMARK, EXPERIMENTS, STEP_VARIANTS, GPU_REPORT, FIGURES, CURVES,
