@@ -21,6 +21,7 @@ from v2.nets import layers, model
 from v2.runtime import distribution, precision
 from v2.training import recipe as recipe_lib
 from v2.training import schedule
+from v2.training.options import RunOptions
 
 FLAGS = flags.FLAGS
 
@@ -53,7 +54,8 @@ flags.DEFINE_boolean('shortcut_connections', True,
 flags.DEFINE_enum('strided_padding', 'symmetric', list(layers.STRIDED_PADDINGS),
                   'Where a strided convolution centres its window. symmetric: one pixel of '
                   'zeros on every side, as the papers\' Torch code, on the pixel the shortcut '
-                  'keeps; tf_same: TensorFlow\'s SAME, one pixel off (checkpoints before 2026-11).')
+                  'keeps; tf_same: TensorFlow\'s SAME, one pixel off (how older checkpoints '
+                  'were trained).')
 flags.DEFINE_integer('widen_factor', 1, 'wide_resnet: k of WRN-d-k.', lower_bound=1)
 flags.DEFINE_float('dropout_rate', 0.0, 'Dropout between the convs of basic units (WRN).',
                    lower_bound=0.0, upper_bound=0.99)
@@ -159,8 +161,11 @@ flags.DEFINE_integer('steps_per_call', 1,
                      'Training steps per call of the traced step: on a GPU, more keeps it busy '
                      'when a step takes only milliseconds.', lower_bound=1)
 flags.DEFINE_boolean('jit_compile', None,
-                     'Compile the step with XLA. Default: on GPUs, off on CPUs (where it was '
-                     '1.9x slower here).')
+                     'Compile the step with XLA. Default: on GPUs, off on CPUs (where it is '
+                     'slower: docs/performance.md).')
+flags.DEFINE_boolean('layout_optimizer', None,
+                     "Grappler's layout optimizer. Default: on GPUs (cuDNN's layouts), off on "
+                     'CPUs (where it only adds transposes); the weights are the same either way.')
 flags.DEFINE_enum('prepare_batches', 'auto', ['auto', 'host', 'device'],
                   'Where training batches are normalised and augmented: device (uint8 batches '
                   'prepared inside the step, a quarter of the bytes to a GPU), host (tf.data\'s '
@@ -230,8 +235,8 @@ RECIPE = ('batch_size', 'num_iterations', 'weight_decay', 'momentum', 'nesterov'
           'validation_split', 'label_smoothing', 'cutout', 'ema_decay', 'mixup_alpha',
           'cutmix_alpha', 'cutmix_prob', 'teacher_ckpt', 'kd_alpha', 'kd_temperature')
 RUN = ('log_per_iterations', 'save_every', 'max_to_keep', 'eval_every', 'steps_per_call',
-       'jit_compile', 'prepare_batches', 'tf32', 'distribution_strategy', 'devices', 'cpu_devices',
-       'worker_timeout')
+       'jit_compile', 'layout_optimizer', 'prepare_batches', 'tf32', 'distribution_strategy',
+       'devices', 'cpu_devices', 'worker_timeout')
 TRAINER = (DATA_AND_NETWORK + RECIPE + RUN
            + ('ckpt_path', 'log_path', 'download', 'download_url', 'download_md5', 'dry_run'))
 EVALUATOR = DATA_AND_NETWORK + ('ckpt_path', 'log_path', 'all_checkpoints', 'output_json', 'tta',
@@ -252,7 +257,8 @@ HELP_GROUPS = (
                           'strided_padding', 'widen_factor', 'dropout_rate')),
     ('recipe (stored in every checkpoint)', RECIPE),
     ('run and devices', ('precision', 'devices', 'distribution_strategy', 'cpu_devices',
-                         'jit_compile', 'prepare_batches', 'tf32', 'steps_per_call',
+                         'jit_compile', 'layout_optimizer', 'prepare_batches', 'tf32',
+                         'steps_per_call',
                          'eval_batch_size', 'worker_timeout', 'log_per_iterations', 'save_every',
                          'max_to_keep', 'eval_every', 'dry_run')),
     ('evaluation', ('all_checkpoints', 'tta', 'averaged', 'temperature_scaling', 'images')),
@@ -397,7 +403,7 @@ def save_every():
     return 2 ** 62, seconds
 
 
-def run_options(config, **changes) -> recipe_lib.RunOptions:
+def run_options(config, **changes) -> RunOptions:
     """The RunOptions the flags describe; `config` names the default checkpoint folder."""
     ckpt_path = FLAGS.ckpt_path or 'runs/' + config.slug()
     steps, seconds = save_every()
@@ -406,9 +412,9 @@ def run_options(config, **changes) -> recipe_lib.RunOptions:
                   save_every_secs=seconds, max_to_keep=FLAGS.max_to_keep,
                   eval_every=FLAGS.eval_every, eval_batch_size=FLAGS.eval_batch_size,
                   steps_per_call=FLAGS.steps_per_call, jit_compile=FLAGS.jit_compile,
-                  prepare_batches=FLAGS.prepare_batches,
+                  layout_optimizer=FLAGS.layout_optimizer, prepare_batches=FLAGS.prepare_batches,
                   tf32=FLAGS.tf32, distribution_strategy=FLAGS.distribution_strategy,
                   devices=tuple(FLAGS.devices), cpu_devices=FLAGS.cpu_devices,
                   worker_timeout=FLAGS.worker_timeout)
     values.update(changes)
-    return recipe_lib.RunOptions(**values)
+    return RunOptions(**values)

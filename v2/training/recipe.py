@@ -98,7 +98,3 @@ class Recipe:
         return ', '.join('%s %s -> %s' % (k, before.get(k), after.get(k))
                          for k in sorted(set(before) | set(after))
                          if before.get(k) != after.get(k))
-
-
-# Where RunOptions lived before v2.training.options; the command-line layer still reads it here.
-from v2.training.options import RunOptions  # noqa: E402,F401
