@@ -138,12 +138,15 @@ def test_the_evaluator_reports_the_last_and_the_best_on_the_test_set(validated, 
                                                                   tmp_path):
     root, _ = validated
     lines = []
-    results = evaluate.evaluate_checkpoints(str(root / 'ckpt'), str(session_data),
-                                            temperature_scaling=True, out=lines.append,
-                                            output_json=str(tmp_path / 'e.json'))
+    from v2.cli import evaluator
+    results = evaluator.evaluate_and_report(
+        str(root / 'ckpt'), evaluate.EvalOptions(data_path=str(session_data),
+                                                 temperature_scaling=True),
+        out=lines.append, output_json=str(tmp_path / 'e.json')).results
     record = checkpoint.read_best(str(root / 'ckpt'))
     assert [(r.which, r.step) for r in results] == [('last', 8), ('best', record['step'])]
-    direct, = evaluate.evaluate_checkpoints(record['checkpoint'], str(session_data), out=quiet)
+    direct, = evaluate.evaluate_checkpoints(record['checkpoint'], evaluate.EvalOptions(
+        data_path=str(session_data)), out=quiet).results
     assert results[1].metrics.accuracy == direct.metrics.accuracy
     assert results[1].metrics.num_examples == 24                # the test set, not validation
     report = lines[-2]
@@ -159,8 +162,8 @@ def test_the_temperature_is_fitted_on_the_held_out_images(validated, session_dat
     """The last 16 training images as numpy reads them, through the evaluator's own logits:
     the temperature it reports is the one fitted to them."""
     root, _ = validated
-    result, = evaluate.evaluate_checkpoints(str(root / 'ckpt' / 'ckpt-8'), str(session_data),
-                                            temperature_scaling=True, out=quiet)
+    result, = evaluate.evaluate_checkpoints(str(root / 'ckpt' / 'ckpt-8'), evaluate.EvalOptions(
+        data_path=str(session_data), temperature_scaling=True), out=quiet).results
     raw = np.fromfile(session_data / 'data_batch_5.bin', np.uint8).reshape(-1, 3073)[-16:]
     images = raw[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     net, saved = evaluate.load_network(str(root / 'ckpt' / 'ckpt-8'), out=quiet)
@@ -172,14 +175,15 @@ def test_the_temperature_is_fitted_on_the_held_out_images(validated, session_dat
 
 def test_without_a_validation_split_nothing_is_selected(trained, session_data):
     assert not (trained / 'ckpt' / checkpoint.BEST_FOLDER).exists()
-    results = evaluate.evaluate_checkpoints(str(trained / 'ckpt'), str(session_data), out=quiet)
+    results = evaluate.evaluate_checkpoints(str(trained / 'ckpt'), evaluate.EvalOptions(
+        data_path=str(session_data)), out=quiet).results
     assert [r.which for r in results] == ['last']
 
 
 def test_temperature_scaling_is_refused_without_validation_images(trained, session_data):
     with pytest.raises(UserError, match='held out no validation images'):
-        evaluate.evaluate_checkpoints(str(trained / 'ckpt'), str(session_data),
-                                      temperature_scaling=True, out=quiet)
+        evaluate.evaluate_checkpoints(str(trained / 'ckpt'), evaluate.EvalOptions(
+            data_path=str(session_data), temperature_scaling=True), out=quiet)
 
 
 def test_a_damaged_best_record_is_one_line(tmp_path):

@@ -80,9 +80,10 @@ def test_test_time_augmentation_averages_the_image_and_its_mirror():
 
 def test_evaluate_every_checkpoint_of_a_folder(trained, session_data, tmp_path, capsys):
     out_json = tmp_path / 'eval.json'
-    results = evaluate.evaluate_checkpoints(
-        str(trained / 'ckpt'), str(session_data), {}, all_checkpoints=True, batch_size=10,
-        output_json=str(out_json), log_path=str(tmp_path / 'logs'))
+    results = evaluator.evaluate_and_report(
+        str(trained / 'ckpt'), evaluate.EvalOptions(data_path=str(session_data), wanted={},
+                                                    all_checkpoints=True, batch_size=10),
+        output_json=str(out_json), log_path=str(tmp_path / 'logs')).results
     assert [(r.step, r.which) for r in results] == [(3, ''), (6, 'last')]
     report = json.loads(out_json.read_text())
     assert report['model'] == 'ResNet-8' and len(report['checkpoints']) == 2
@@ -99,8 +100,8 @@ def test_the_trainers_last_evaluation_agrees_with_the_evaluator(session_data, tm
     loop.train(ModelConfig(num_layers=8), tiny_recipe(num_iterations=3),
                tiny_options(tmp_path, eval_every=3), str(session_data), out=quiet,
                on_record=lambda *r: records.append(r))
-    metrics = evaluate.evaluate_checkpoints(str(tmp_path / 'ckpt'), str(session_data),
-                                            out=quiet)[0].metrics
+    metrics = evaluate.evaluate_checkpoints(str(tmp_path / 'ckpt'), evaluate.EvalOptions(
+        data_path=str(session_data)), out=quiet).results[0].metrics
     (_, split, during), = [r for r in records if r[1] != 'train']
     assert split == 'test' and during['accuracy'] == pytest.approx(metrics.accuracy)
     assert during['cross_entropy'] == pytest.approx(metrics.cross_entropy, rel=1e-5)
@@ -109,8 +110,8 @@ def test_the_trainers_last_evaluation_agrees_with_the_evaluator(session_data, tm
 def test_evaluation_refuses_an_explicit_architecture_that_differs(trained, session_data):
     with pytest.raises(UserError, match=r'ResNet-8 checkpoint \(num_layers=8\), but ResNet-20 '
                                         r'\(num_layers=20\) was asked for'):
-        evaluate.evaluate_checkpoints(str(trained / 'ckpt'), str(session_data),
-                                      {'num_layers': 20}, out=quiet)
+        evaluate.evaluate_checkpoints(str(trained / 'ckpt'), evaluate.EvalOptions(
+            data_path=str(session_data), wanted={'num_layers': 20}), out=quiet)
 
 
 def test_a_run_with_weight_averages_is_evaluated_with_them(session_data, tmp_path):
@@ -127,7 +128,8 @@ def test_a_run_with_weight_averages_is_evaluated_with_them(session_data, tmp_pat
     assert any(not np.array_equal(a.numpy(), b.numpy())
                for a, b in zip(averaged.variables, live.variables))
     lines = []
-    evaluate.evaluate_checkpoints(result.checkpoint, str(session_data), out=lines.append)
+    evaluator.evaluate_and_report(result.checkpoint, evaluate.EvalOptions(
+        data_path=str(session_data)), out=lines.append)
     assert 'weight averages' in lines[-1].splitlines()[0]
 
 
@@ -207,8 +209,8 @@ def test_every_column_of_the_report_is_the_figure_its_header_names():
         metrics.calibration = calibration
         results.append(evaluate.Result('run/ckpt-%d' % step, step, metrics, which,
                                        0.9 if which == 'best' else None, scaled, 7))
-    lines = evaluate.report(results, ModelConfig(num_layers=8), ['cat', 'dog', 'ship']
-                            ).splitlines()
+    lines = evaluator.report(results, ModelConfig(num_layers=8), ['cat', 'dog', 'ship']
+                             ).splitlines()
 
     def table(header_words, count):
         """The `count` lines under the one header that starts with these words, split."""

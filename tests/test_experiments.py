@@ -316,8 +316,9 @@ def test_calibration_reports_last_and_best_and_the_temperatures_effect(session_d
     assert [r['seed'] for r in rows] == ['1', '2']
     for row in rows:
         last, best = evaluate.evaluate_checkpoints(
-            str(tmp_path / 'work' / ('resnet8_seed%s' % row['seed'])), str(session_data),
-            temperature_scaling=True, out=lambda line: None)
+            str(tmp_path / 'work' / ('resnet8_seed%s' % row['seed'])), evaluate.EvalOptions(
+                data_path=str(session_data), temperature_scaling=True),
+            out=lambda line: None).results
         near = dict(rel=1e-4, abs=1e-6)                      # the CSV keeps 6 digits
         assert float(row['last_error']) == pytest.approx(last.metrics.error, **near)
         assert float(row['best_error']) == pytest.approx(best.metrics.error, **near)

@@ -51,7 +51,8 @@ def test_the_saved_model_predicts_as_the_evaluator(exported, trained, session_da
     logits = net(pipeline.normalize(images, saved.pixel_mean), training=False)
     np.testing.assert_allclose(out['probabilities'].numpy(), tf.nn.softmax(logits).numpy(),
                                atol=1e-5)
-    result, = evaluate.evaluate_checkpoints(str(trained / 'ckpt'), str(session_data), out=quiet)
+    result, = evaluate.evaluate_checkpoints(str(trained / 'ckpt'), evaluate.EvalOptions(
+        data_path=str(session_data)), out=quiet).results
     confusion = np.zeros((10, 10), int)
     np.add.at(confusion, (labels.numpy(), out['classes'].numpy()), 1)
     assert confusion.tolist() == result.metrics.confusion
@@ -107,7 +108,8 @@ def test_the_float32_check_computes_its_reference_in_ieee_float32(exported, trai
         return Loaded
     monkeypatch.setattr(tf.saved_model, 'load', spying_load)
     saved = checkpoint.Saved(checkpoint.find(str(trained / 'ckpt')))
-    export.export_tflite_files(str(folder), ['float32'], saved, str(session_data), out=quiet)
+    export.export_tflite_files(str(folder), ['float32'], saved, data_path=str(session_data),
+                               out=quiet)
     assert seen and not any(seen)
     assert tf.config.experimental.tensor_float_32_execution_enabled()      # restored after
 

@@ -363,7 +363,8 @@ def test_the_evaluators_figures_are_numpys_forward_pass_in_evaluation_mode(train
     logits = ref.preact_resnet_logits(net, x)
     if tta:
         logits = (logits + ref.preact_resnet_logits(net, x[:, :, ::-1])) / 2
-    result, = evaluate.evaluate_checkpoints(prefix, str(session_data), tta=tta, out=quiet)
+    result, = evaluate.evaluate_checkpoints(prefix, evaluate.EvalOptions(
+        data_path=str(session_data), tta=tta), out=quiet).results
     metrics = result.metrics
     confusion = np.zeros((10, 10), int)
     np.add.at(confusion, (labels, logits.argmax(-1)), 1)
@@ -453,7 +454,7 @@ def test_the_strided_padding_reaches_the_built_net():
 
 def test_the_evaluator_evaluates_the_averages_or_the_live_weights_as_asked(session_data,
                                                                            tmp_path):
-    """A run with weight averages: evaluate_checkpoints(averaged=...) gives numpy's forward
+    """A run with weight averages: EvalOptions(averaged=...) gives numpy's forward
     pass of the averaged weights by default and of the live weights with averaged=False."""
     from v2.evaluation import evaluate
     run = loop.train(TINY, tiny_recipe(num_iterations=4, ema_decay=0.5), tiny_options(tmp_path),
@@ -465,8 +466,8 @@ def test_the_evaluator_evaluates_the_averages_or_the_live_weights_as_asked(sessi
     for averaged in (True, False):
         net, _ = evaluate.load_network(run.checkpoint, averaged=averaged, out=quiet)
         expected = ref.softmax_cross_entropy(ref.preact_resnet_logits(net, x), labels).mean()
-        result, = evaluate.evaluate_checkpoints(run.checkpoint, str(session_data),
-                                                averaged=averaged, out=quiet)
+        result, = evaluate.evaluate_checkpoints(run.checkpoint, evaluate.EvalOptions(
+            data_path=str(session_data), averaged=averaged), out=quiet).results
         assert result.metrics.cross_entropy == pytest.approx(expected, rel=1e-4)
         entropies[averaged] = expected
     assert entropies[True] != pytest.approx(entropies[False], rel=1e-3)   # they do differ

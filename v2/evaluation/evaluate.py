@@ -7,6 +7,11 @@ calibration): one host read per pass. Its batch dimension is free, so the last, 
 batch and every further checkpoint re-use the same trace. With tta, each image is
 also seen flipped and the two views' logits are averaged (the flip is one of the
 training augmentations, so the net knows both views).
+
+evaluate_checkpoints returns the figures (an Evaluation: each checkpoint's Result)
+and prints nothing but notes; the evaluator program prints the report and writes the
+JSON and the TensorBoard summaries (v2.cli.evaluator). It is prepare(), which reads
+and checks everything before any computing, then evaluate_prepared().
 """
 
 import dataclasses
@@ -19,8 +24,8 @@ import tensorflow as tf
 
 from v2.data import cifar, pipeline
 from v2.errors import UserError
-from v2.evaluation.calibration import Calibration, at_bound, fit_temperature
-from v2.nets.model import build
+from v2.evaluation.calibration import Calibration, fit_temperature
+from v2.nets.model import ModelConfig, build
 from v2.runtime import checkpoint, memory
 from v2.runtime import devices as devices_lib
 from v2.runtime import precision as precision_lib
@@ -69,7 +74,7 @@ class Evaluator:
     """Sums cross-entropy and a confusion matrix over a pass with one traced function;
     with keep_logits, also returns the pass's logits and the calibration figures."""
 
-    def __init__(self, model, pixel_mean, tta=False, keep_logits=False):
+    def __init__(self, model, pixel_mean, *, tta=False, keep_logits=False):
         self.model = model
         self.pixel_mean = pixel_mean
         self.tta = tta
@@ -129,7 +134,8 @@ class Restorer:
     (averaged=False: its live weights).
     """
 
-    def __init__(self, saved, precision='float32', out=print, averaged=True, compute_dtype=None):
+    def __init__(self, saved, *, precision='float32', out=print, averaged=True,
+                 compute_dtype=None):
         self.net = build(saved.config, compute_dtype=compute_dtype
                          or precision_lib.compute_dtype(precision, warn=out))
         self.mean = tf.Variable(saved.pixel_mean, trainable=False, name='pixel_mean')
@@ -143,7 +149,7 @@ class Restorer:
         return self.net
 
 
-def load_network(ckpt_path: str, wanted: dict | None = None, precision: str = 'float32',
+def load_network(ckpt_path: str, wanted: dict | None = None, *, precision: str = 'float32',
                  out=print, averaged: bool = True, devices: tuple = ()):
     """The network of the checkpoint ckpt_path names, restored; with its Saved metadata.
 
@@ -151,7 +157,7 @@ def load_network(ckpt_path: str, wanted: dict | None = None, precision: str = 'f
     devices_lib.setup_for_evaluation(devices, out)
     saved = checkpoint.Saved(checkpoint.find(ckpt_path))
     saved.check_matches(wanted or {})
-    return Restorer(saved, precision, out, averaged).load(saved), saved
+    return Restorer(saved, precision=precision, out=out, averaged=averaged).load(saved), saved
 
 
 @dataclasses.dataclass
@@ -181,7 +187,7 @@ class Result:
         return row
 
 
-def checkpoints_named(ckpt_path, all_checkpoints=False):
+def checkpoints_named(ckpt_path, *, all_checkpoints=False):
     """[(prefix, which, best record or None)]: what --ckpt_path names, labelled.
 
     A run folder gives its latest checkpoint ('last'; every rolling one with
@@ -197,7 +203,7 @@ def checkpoints_named(ckpt_path, all_checkpoints=False):
     return named
 
 
-def readable(named, skip_unreadable, out=print):
+def readable(named, *, skip_unreadable, out=print):
     """(named, their checkpoint.Saved) with, where skip_unreadable, each checkpoint whose
     metadata does not read reported in one line and left out (the evaluator only reads:
     it sets nothing aside); UserError where none is left, or for the first bad one."""
@@ -229,31 +235,72 @@ def validation_images(saved, data_path, spec):
     return cifar.hold_out(images, labels, held, data_path)[1]
 
 
-def evaluate_checkpoints(ckpt_path: str, data_path: str | None = None,
-                         wanted: dict | None = None, all_checkpoints: bool = False,
-                         batch_size: int = 500, output_json: str | None = None,
-                         out=print, precision: str = 'float32', log_path: str | None = None,
-                         tta: bool = False, averaged: bool = True, devices: tuple = (),
-                         temperature_scaling: bool = False) -> list[Result]:
-    """Evaluates the checkpoint(s) that ckpt_path names on the test set.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalOptions:
+    """How evaluate_checkpoints evaluates the checkpoints a path names.
 
-    A run folder gives its last checkpoint and, where its validation images chose one
-    during training, its best, each labelled (all_checkpoints: every rolling one too).
-    The architecture comes from the checkpoint; `wanted` (a dict of ModelConfig
-    fields the user set explicitly) must match it. data_path None means the
-    folder the checkpoint's data set extracts to. Every checkpoint gets its accuracy,
-    cross-entropy and calibration figures (ECE, NLL, Brier); with temperature_scaling,
-    also those after a temperature fitted on the run's own validation images. With
-    log_path, each checkpoint's test cross-entropy and accuracy go to TensorBoard at
-    its step, in the run log_path/evaluator beside the trainer's runs. A checkpoint
-    of a run with weight averaging is evaluated with its averages (averaged=False: its
-    live weights). It computes on one device, the first GPU or the one `devices` names,
-    and takes only the memory it needs there, so that it fits beside a running trainer.
+    data_path None: the folder the checkpoints' data set extracts to. wanted: the
+    ModelConfig fields a user set explicitly, which the checkpoints must match.
+    all_checkpoints: every rolling checkpoint of a run folder too (one that does not read
+    is skipped with a line). averaged=False: a run with weight averages is evaluated with
+    its live weights. devices: the one device to compute on (default: the first GPU).
+    temperature_scaling: also the calibration after a temperature fitted on the run's
+    own validation images.
     """
-    used = devices_lib.setup_for_evaluation(devices, out)
-    named, saved = readable(checkpoints_named(ckpt_path, all_checkpoints), all_checkpoints, out)
+    data_path: str | None = None
+    wanted: dict = dataclasses.field(default_factory=dict)
+    all_checkpoints: bool = False
+    batch_size: int = 500
+    precision: str = 'float32'
+    tta: bool = False
+    averaged: bool = True
+    devices: tuple = ()
+    temperature_scaling: bool = False
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """What evaluate_checkpoints found: each checkpoint's Result, in the order they were
+    named (the rolling ones, the last, then the best), and what they were evaluated as."""
+    results: list[Result]
+    config: ModelConfig
+    spec: cifar.DatasetSpec          # the data set's class names and test files
+    tta: bool = False
+    weight_averages: bool = False    # the nets were the runs' weight averages
+
+
+def final(results):
+    """The result a run is judged by: its last checkpoint (never the best on validation),
+    or the last one evaluated where a prefix, not a run folder, was named."""
+    return next((r for r in results if r.which == 'last'), results[-1])
+
+
+@dataclasses.dataclass(kw_only=True)
+class Prepared:
+    """The checkpoints a path names, read and checked, and the images to evaluate them on:
+    everything evaluate_prepared needs, found before anything is computed."""
+    ckpt_path: str
+    options: EvalOptions
+    named: list                      # [(prefix, which, best record or None)]
+    saved: list                      # their checkpoint.Saved
+    spec: cifar.DatasetSpec
+    test_set: tuple                  # (images, labels)
+    held_out: tuple | None           # the validation (images, labels) to fit a temperature on
+    used: list                       # the device, for an out-of-memory message
+
+    @property
+    def config(self):
+        return self.saved[0].config
+
+
+def prepare(ckpt_path: str, options: EvalOptions = EvalOptions(), *, out=print) -> Prepared:
+    """Finds, reads and checks the checkpoints ckpt_path names (see checkpoints_named), and
+    loads the test images (and the validation images, with temperature_scaling)."""
+    used = devices_lib.setup_for_evaluation(options.devices, out)
+    named, saved = readable(checkpoints_named(ckpt_path, all_checkpoints=options.all_checkpoints),
+                            skip_unreadable=options.all_checkpoints, out=out)
     for s in saved:
-        s.check_matches(wanted or {})
+        s.check_matches(options.wanted or {})
     architectures = {s.config for s in saved}
     if len(architectures) > 1:
         raise UserError('ckpt_path=%s holds checkpoints of different architectures (%s); '
@@ -261,111 +308,77 @@ def evaluate_checkpoints(ckpt_path: str, data_path: str | None = None,
                         % (ckpt_path, ', '.join(sorted(c.describe() for c in architectures))),
                         settings=('ckpt_path',))
     config = saved[0].config
-    spec = cifar.spec_of(config.dataset, data_path, config.num_classes)
-    data_path = data_path or spec.folder
-    images, labels = cifar.load_split(data_path, spec, 'test')
-    held_out = validation_images(saved[-1], data_path, spec) if temperature_scaling else None
-    if output_json:
-        check_writable(output_json, 'output_json')
+    spec = cifar.spec_of(config.dataset, options.data_path, config.num_classes)
+    data_path = options.data_path or spec.folder
+    test_set = cifar.load_split(data_path, spec, 'test')
+    held_out = (validation_images(saved[-1], data_path, spec) if options.temperature_scaling
+                else None)
+    return Prepared(ckpt_path=ckpt_path, options=options, named=named, saved=saved, spec=spec,
+                    test_set=test_set, held_out=held_out, used=used)
 
-    writer = None
+
+def evaluate_prepared(prepared: Prepared, *, out=print) -> Evaluation:
+    """Evaluates each prepared checkpoint on the test set, with one net and one traced pass
+    for all; with all_checkpoints, one whose weights do not read is skipped with a line."""
+    p, options = prepared, prepared.options
     try:
-        restorer = Restorer(saved[0], precision, out, averaged)
-        evaluator = Evaluator(restorer.net, restorer.mean, tta, keep_logits=True)
+        restorer = Restorer(p.saved[0], precision=options.precision, out=out,
+                            averaged=options.averaged)
+        evaluator = Evaluator(restorer.net, restorer.mean, tta=options.tta, keep_logits=True)
         results = []
-        for s, (_, which, record) in zip(saved, named):
+        for s, (_, which, record) in zip(p.saved, p.named):
             try:
                 restorer.load(s)
             except UserError as e:
-                if not all_checkpoints:
+                if not options.all_checkpoints:
                     raise
                 out('skipped %s' % e)       # a data file damaged past its metadata
                 continue
-            result = Result(s.prefix, s.step, evaluator(pipeline.eval_batches(images, labels,
-                                                                              batch_size)),
-                            which, record['validation_accuracy'] if record else None)
-            if held_out is not None:
-                validation = evaluator(pipeline.eval_batches(*held_out, batch_size))
-                temperature = fit_temperature(validation.logits, validation.labels)
-                result.scaled = Calibration.of(result.metrics.logits, result.metrics.labels,
-                                               temperature)
-                result.validation_images = len(validation.labels)
-            results.append(result)
-            if log_path and s.step is not None and which != 'best':
-                writer = writer or tf.summary.create_file_writer(os.path.join(log_path,
-                                                                              'evaluator'))
-                with writer.as_default(step=s.step):
-                    tf.summary.scalar('cross_entropy', result.metrics.cross_entropy)
-                    tf.summary.scalar('accuracy', result.metrics.accuracy)
+            results.append(_result(evaluator, s, p, which=which, record=record))
     except memory.OOM as e:
-        raise memory.out_of_memory(e, doing='evaluating', network=config.describe(),
-                                   batch_size=batch_size, precision=precision, used=used,
-                                   batch_setting='eval_batch_size',
+        raise memory.out_of_memory(e, doing='evaluating', network=p.config.describe(),
+                                   batch_size=options.batch_size, precision=options.precision,
+                                   used=p.used, batch_setting='eval_batch_size',
                                    more_devices=False) from None
     if not results:
-        raise UserError('ckpt_path=%s: none of its checkpoints reads' % ckpt_path,
+        raise UserError('ckpt_path=%s: none of its checkpoints reads' % p.ckpt_path,
                         settings=('ckpt_path',))
-    if writer:
-        writer.flush()
-        out('TensorBoard: tensorboard --logdir=%s (run "evaluator")' % log_path)
-
-    views = ' with flipped views averaged' if tta else ''
-    weights = ', weight averages' if restorer.ema else ''
-    out(report(results, config, spec.class_names, views + weights))
-    if output_json:
-        with open(output_json, 'w') as f:
-            json.dump({'model': config.describe(),
-                       'architecture': json.loads(config.to_json()),
-                       'test_files': list(spec.test_files),
-                       'class_names': list(spec.class_names), 'tta': tta,
-                       'weight_averages': bool(weights),
-                       'checkpoints': [r.to_dict() for r in results]}, f, indent=1)
-        out('wrote %s' % output_json)
-    return results
+    return Evaluation(results, p.config, p.spec, tta=options.tta,
+                      weight_averages=bool(restorer.ema))
 
 
-def report(results, config, class_names, how=''):
-    """The printed report: per-checkpoint table with calibration (and after temperature
-    scaling), then per-class accuracy of the last checkpoint (the first of a last/best pair)."""
-    lines = ['%s on %d test images%s' % (config.describe(), results[-1].metrics.num_examples, how),
-             '%4s %8s %14s %10s %8s %8s %7s  %s' % ('', 'step', 'cross-entropy', 'accuracy',
-                                                  'error', 'ECE', 'Brier', 'checkpoint')]
-    for r in results:
-        m, c = r.metrics, r.metrics.calibration
-        lines.append('%4s %8s %14.4f %9.2f%% %7.2f%% %7.2f%% %7.4f  %s'
-                     % (r.which, r.step, m.cross_entropy, 100 * m.accuracy, 100 * m.error,
-                        100 * c.ece, c.brier, r.prefix))
-    lines.append('ECE: %d equal-width confidence bins; cross-entropy = NLL; Brier: summed over '
-                 'the classes (0-2)' % len(results[-1].metrics.calibration.bin_count))
-    best = [r for r in results if r.which == 'best']
-    if best:
-        lines.append('best: the checkpoint of the highest validation accuracy during training '
-                     '(%.2f%% at step %s); both figures are on the test set'
-                     % (100 * best[0].validation_accuracy, best[0].step))
-    if results[-1].scaled:
-        lines.append('temperature scaling, fitted on the %d validation images:'
-                     % results[-1].validation_images)
-        lines.append('%4s %8s %12s %16s %18s %16s' % ('', 'step', 'temperature', 'NLL before/after',
-                                                     'ECE before/after', 'Brier before/after'))
-        for r in results:
-            c, t = r.metrics.calibration, r.scaled
-            lines.append('%4s %8s %12.3f %7.4f/%-8.4f %8.2f%%/%-8s %7.4f/%-8.4f%s'
-                         % (r.which, r.step, t.temperature, c.nll, t.nll, 100 * c.ece,
-                            '%.2f%%' % (100 * t.ece), c.brier, t.brier,
-                            '  (the search\'s bound)' if at_bound(t.temperature) else ''))
-    shown = next((r for r in results if r.which == 'last'), results[-1])
-    last = shown.metrics
-    lines.append('per class (%s):   precision   recall (= accuracy)'
-                 % os.path.basename(shown.prefix))
-    lines.extend('  %-14s %9.2f%% %9.2f%%' % (name, 100 * p, 100 * r) for name, p, r in
-                 zip(class_names, last.per_class_precision, last.per_class_accuracy))
-    if len(class_names) <= 20:          # CIFAR-100's 100x100 matrix is in the JSON only
-        width = max(5, len(str(max(max(row) for row in last.confusion))) + 1)
-        lines.append('confusion matrix (rows: true class, columns: predicted class):')
-        lines.append(' ' * 14 + ''.join('%*s' % (width, name[:width - 1]) for name in class_names))
-        lines.extend('  %-12s' % name + ''.join('%*d' % (width, n) for n in row)
-                     for name, row in zip(class_names, last.confusion))
-    return '\n'.join(lines)
+def _result(evaluator, saved, prepared, *, which, record):
+    """The Result of the checkpoint loaded into the evaluator's net."""
+    batch_size = prepared.options.batch_size
+    result = Result(saved.prefix, saved.step,
+                    evaluator(pipeline.eval_batches(*prepared.test_set, batch_size)),
+                    which, record['validation_accuracy'] if record else None)
+    if prepared.held_out is not None:
+        validation = evaluator(pipeline.eval_batches(*prepared.held_out, batch_size))
+        temperature = fit_temperature(validation.logits, validation.labels)
+        result.scaled = Calibration.of(result.metrics.logits, result.metrics.labels,
+                                       temperature)
+        result.validation_images = len(validation.labels)
+    return result
+
+
+def evaluate_checkpoints(ckpt_path: str, options: EvalOptions = EvalOptions(), *,
+                         out=print) -> Evaluation:
+    """Evaluates the checkpoint(s) that ckpt_path names on the test set.
+
+    A run folder gives its last checkpoint and, where its validation images chose one
+    during training, its best, each labelled (all_checkpoints: every rolling one too).
+    The architecture comes from the checkpoint; options.wanted must match it. Every
+    checkpoint gets its accuracy, cross-entropy and calibration figures (ECE, NLL,
+    Brier); with temperature_scaling, also those after a temperature fitted on the run's
+    own validation images. A checkpoint of a run with weight averaging is evaluated with
+    its averages (averaged=False: its live weights). It computes on one device, the
+    first GPU or the one options.devices names, and takes only the memory it needs
+    there, so that it fits beside a running trainer. It prints nothing but notes on the
+    devices and the checkpoints it skips (`out`); the evaluator program prints the
+    report, writes the JSON and the TensorBoard summaries (v2.cli.evaluator).
+    """
+    return evaluate_prepared(prepare(ckpt_path, options, out=out), out=out)
 
 
 def check_writable(path, flag):

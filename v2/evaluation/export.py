@@ -42,7 +42,7 @@ def export_saved_model(serving, export_dir):
     tf.saved_model.save(serving, export_dir, signatures={'serving_default': serving.serve})
 
 
-def read_images(paths, out=print):
+def read_images(paths, *, out=print):
     """uint8 RGB images [N, 32, 32, 3] from PNG/JPEG/GIF/BMP files, resized where needed."""
     images = []
     for path in paths:
@@ -61,9 +61,9 @@ def read_images(paths, out=print):
     return tf.stack(images)
 
 
-def predict_files(serving, paths, top=3, out=print):
+def predict_files(serving, paths, *, top=3, out=print):
     """Prints the most likely classes of each image file; returns the probabilities."""
-    result = serving.serve(read_images(paths, out))
+    result = serving.serve(read_images(paths, out=out))
     probabilities = result['probabilities'].numpy()
     names = [n.decode() for n in serving.class_names.numpy()]
     for path, p in zip(paths, probabilities):
@@ -116,7 +116,7 @@ def tflite_predict(runner, images, batch=100):
                            for i in range(0, len(images), batch)])
 
 
-def export_tflite_files(export_dir, kinds, saved, data_path, out=print):
+def export_tflite_files(export_dir, kinds, saved, *, data_path, out=print):
     """Writes <export_dir>/model_<kind>.tflite for each kind, each checked on the test images.
 
     Each is run on the test set beside the SavedModel (computed in IEEE float32, TF32
@@ -167,12 +167,12 @@ def export_tflite_files(export_dir, kinds, saved, data_path, out=print):
                 tflite=written)
 
 
-def predict_files_tflite(model_path, paths, class_names=None, top=3, out=print):
+def predict_files_tflite(model_path, paths, *, class_names=None, top=3, out=print):
     """predict_files for a .tflite file: only TensorFlow's Lite interpreter runs the net."""
     if not os.path.exists(model_path):
         raise UserError('ckpt_path=%s: no such .tflite file' % model_path, settings=('ckpt_path',))
     runner = tflite_runner(model_path)
-    probabilities = tflite_predict(runner, read_images(paths, out).numpy())
+    probabilities = tflite_predict(runner, read_images(paths, out=out).numpy())
     names = class_names or (cifar.CIFAR10_CLASSES if probabilities.shape[1] == 10
                             else cifar.CIFAR100_CLASSES if probabilities.shape[1] == 100
                             else cifar.CIFAR100_SUPERCLASSES)

@@ -33,7 +33,7 @@ def converter():
     return tf2onnx, onnxruntime
 
 
-def export_onnx(export_dir, saved, data_path, out=print):
+def export_onnx(export_dir, saved, *, data_path, out=print):
     """Writes <export_dir>/model.onnx from the SavedModel there and checks it on the test set:
     top-1 agreement and the largest probability difference against the SavedModel (in
     IEEE float32), within BOUNDS, or the file is removed and the run says why."""

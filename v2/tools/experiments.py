@@ -148,12 +148,17 @@ class Grid:
             sys.exit(128 + result.stopped_by)
         return points
 
+    def evaluated(self, run, **options):
+        """The results of a run's last (and best) checkpoint, evaluated as run_evaluator.py
+        does, with these EvalOptions."""
+        return evaluate.evaluate_checkpoints(
+            run.folder, evaluate.EvalOptions(data_path=self.data_path,
+                                             batch_size=self.options.eval_batch_size, **options),
+            out=lambda line: None).results
+
     def test_error(self, run, tta=False):
-        """The test error of a run's final checkpoint, evaluated as run_evaluator.py does."""
-        last = evaluate.evaluate_checkpoints(
-            run.folder, self.data_path, batch_size=self.options.eval_batch_size,
-            out=lambda line: None, tta=tta)[0]          # the last, never the best on validation
-        return last.metrics.error
+        """The test error of a run's final checkpoint (never the best on validation)."""
+        return evaluate.final(self.evaluated(run, tta=tta)).metrics.error
 
 
 def read_grid(command):
@@ -582,7 +587,7 @@ CALIBRATION_FIELDS = ('network', 'depth', 'seed', 'last_step', 'last_error', 'be
 
 def calibration_row(run, results):
     """One run's figures from its evaluated last and best checkpoints."""
-    last = next(r for r in results if r.which == 'last')
+    last = evaluate.final(results)
     best = next((r for r in results if r.which == 'best'), last)
     before, after = last.metrics.calibration, last.scaled
     return dict(run.labels, network=run.model_config.describe(), last_step=last.step,
@@ -604,9 +609,7 @@ def calibration(grid, base, depths):
     rows = []
     for i, run in enumerate(runs, 1):
         grid.train(run, i, len(runs))
-        rows.append(calibration_row(run, evaluate.evaluate_checkpoints(
-            run.folder, grid.data_path, batch_size=grid.options.eval_batch_size,
-            out=lambda line: None, temperature_scaling=True)))
+        rows.append(calibration_row(run, grid.evaluated(run, temperature_scaling=True)))
     lines = ['Test-set figures (mean ± std over seeds %s) after %d iterations; %s. Last: the '
              'final checkpoint; best: the one of the highest validation accuracy. ECE over 15 '
              'equal-width bins, NLL and Brier of the last checkpoint, before and after a '
