@@ -1,7 +1,6 @@
 """The two programs as a user runs them: flags, bad input, output. In this process (fast),
 and as subprocesses for exit statuses, signals and kills (slow)."""
 
-import ast
 import json
 import os
 import random
@@ -510,16 +509,6 @@ def test_a_tools_help_puts_its_groups_where_a_user_looks_for_them(capsys):
     titles = re.findall(r'^(\S[^\n]*):$', capsys.readouterr().out, re.MULTILINE)
     assert titles == ['flags', 'data and network', 'recipe (stored in every checkpoint)',
                       'run and devices', 'the grid of runs', 'output']
-
-
-def test_the_command_line_never_imports_the_tools():
-    """v2.tools sits on v2.cli: the tools' flags join flags.ALL when a tool imports them."""
-    for path in sorted((ROOT / 'v2' / 'cli').glob('*.py')):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     ['%s.%s' % (node.module, a.name) for a in node.names]
-                     if isinstance(node, ast.ImportFrom) else [])
-            assert not [n for n in names if n.startswith('v2.tools')], path.name
 
 
 def test_every_flag_has_one_help_group():
