@@ -21,6 +21,8 @@ from v2.nets import model
 from v2.runtime import checkpoint, devices
 from v2.tools import flags as tool_flags
 
+# What the run's first line says of grappler's layout optimizer on this machine's CPU.
+LAYOUT_HERE = 'on' if devices.layout_optimizer_by_default(devices.describe([])) else 'off'
 TINY_RUN = ['--num_layers=8', '--batch_size=8', '--log_per_iterations=2',
             '--lr_boundaries=3', '--lr_values=0.05,0.005']
 
@@ -207,8 +209,8 @@ def test_train_then_evaluate_in_process(session_data, tmp_path, capsys):
     first = out.splitlines()[0]          # ResNet-8's parameters, counted by hand: 75,290
     assert first.startswith('ResNet-8: 75,290 trainable parameters; 80 training images in %s, '
                             'batch 8; one device: CPU' % session_data)
-    assert first.endswith('; float32, XLA off, layout optimizer off, batches prepared on the '
-                          'host; starting at step 0')
+    assert first.endswith('; float32, XLA off, layout optimizer %s, batches prepared on the '
+                          'host; starting at step 0' % LAYOUT_HERE)
     status, line = train_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % ckpt,
                                     '--num_iterations=4', *TINY_RUN)
     assert status == 0 and 'nothing to train' in capsys.readouterr().out
@@ -245,14 +247,14 @@ def test_a_dry_run_says_first_what_would_run(session_data, tmp_path, capsys):
     assert status == 0, line
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith('ResNet-8: 75,290 trainable parameters; 80 training images in ')
-    assert first.endswith('; one device: %s; float32, XLA off, layout optimizer off, batches '
+    assert first.endswith('; one device: %s; float32, XLA off, layout optimizer %s, batches '
                           'prepared on the host; dry run: would start at step 0'
-                          % devices.describe([])[0])
+                          % (devices.describe([])[0], LAYOUT_HERE))
     status, line = train_in_process('--data_path=%s' % session_data, '--ckpt_path=%s' % (
         tmp_path / 'dry'), *TINY_RUN, '--dry_run', '--prepare_batches=device',
         '--jit_compile')
     assert status == 0, line
-    assert ('float32, XLA on, layout optimizer off, batches prepared on the device'
+    assert ('float32, XLA on, layout optimizer %s, batches prepared on the device' % LAYOUT_HERE
             in capsys.readouterr().out)
 
 

@@ -353,7 +353,9 @@ def test_the_layout_optimizer_changes_the_speed_only(session_data, tmp_path):
                                        err_msg=key)
 
 
-def test_the_layout_optimizer_is_off_on_a_cpu_and_on_on_a_gpu():
+def test_the_layout_optimizer_is_off_on_a_cpu_with_amx_and_on_elsewhere():
     from v2.runtime import devices
-    assert not devices.layout_optimizer_by_default([devices.Device('CPU', 'a CPU')])
+    amx = devices.Device('CPU', 'Intel Xeon', has_bf16=True, has_amx=True)
+    assert not devices.layout_optimizer_by_default([amx])
+    assert devices.layout_optimizer_by_default([devices.Device('CPU', 'AMD EPYC', has_bf16=True)])
     assert devices.layout_optimizer_by_default([devices.Device('GPU', 'NVIDIA H100')])

@@ -164,8 +164,8 @@ flags.DEFINE_boolean('jit_compile', None,
                      'Compile the step with XLA. Default: on GPUs, off on CPUs (where it is '
                      'slower: docs/performance.md).')
 flags.DEFINE_boolean('layout_optimizer', None,
-                     "Grappler's layout optimizer. Default: on GPUs (cuDNN's layouts), off on "
-                     'CPUs (where it only adds transposes); the weights are the same either way.')
+                     "Grappler's layout optimizer. Default: off on CPUs with AMX (where it only "
+                     'adds transposes), on elsewhere; the weights are the same either way.')
 flags.DEFINE_enum('prepare_batches', 'auto', ['auto', 'host', 'device'],
                   'Where training batches are normalised and augmented: device (uint8 batches '
                   'prepared inside the step, a quarter of the bytes to a GPU), host (tf.data\'s '

@@ -31,6 +31,7 @@ class Device:
     description: str                                    # 'NVIDIA H100 80GB HBM3', CPU model
     compute_capability: tuple[int, int] | None = None
     has_bf16: bool = False                              # CPUs: bfloat16 units
+    has_amx: bool = False                               # CPUs: AMX matrix units
 
     def __str__(self):
         if self.kind == 'GPU':
@@ -49,6 +50,15 @@ def cpu_info() -> tuple[str, bool]:
     names = [line.split(':', 1)[1].strip() for line in text.splitlines()
              if line.startswith('model name')]
     return (names[0] if names else 'unknown'), ('avx512_bf16' in text or 'amx_bf16' in text)
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX's bfloat16 tiles (Intel Sapphire Rapids and later)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return 'amx_bf16' in f.read()
+    except OSError:
+        return False
 
 
 # Every spelling of one local device that TensorFlow prints or users write: '/gpu:1', 'GPU:1',
@@ -202,7 +212,7 @@ def describe(gpus) -> list[Device]:
     """Device records of these physical GPUs, or of the CPU when there are none."""
     if not gpus:
         name, bf16 = cpu_info()
-        return [Device('CPU', name, has_bf16=bf16)]
+        return [Device('CPU', name, has_bf16=bf16, has_amx=cpu_has_amx())]
     records = []
     for gpu in gpus:
         details = tf.config.experimental.get_device_details(gpu)
@@ -217,14 +227,15 @@ def on_gpu(used: Sequence[Device]) -> bool:
 
 
 def layout_optimizer_by_default(used: Sequence[Device]) -> bool:
-    """Grappler's layout optimizer on GPUs, off on CPUs.
+    """Grappler's layout optimizer: off on CPUs with AMX, on everywhere else.
 
-    On a GPU it gives cuDNN the layouts its fastest convolutions want. On a CPU it
-    only adds transposes around oneDNN's convolutions: without it the ResNet-20 step
-    was 1.02x to 1.14x as fast on every CPU measured, never slower, and the weights
-    are the same (docs/performance.md; tests/test_train.py).
+    On a GPU it gives cuDNN the layouts its fastest convolutions want. On a CPU with
+    AMX it only adds transposes around oneDNN's convolutions, and the step is faster
+    without it; on the other CPUs measured, the difference was inside the machines'
+    noise, so TensorFlow's default stays (docs/performance.md). The weights are the same
+    either way (tests/test_train.py).
     """
-    return on_gpu(used)
+    return not all(d.kind == 'CPU' and d.has_amx for d in used)
 
 
 def set_layout_optimizer(on: bool):

@@ -25,7 +25,9 @@ figure6: He et al. 2015, Figure 6. The plain and the residual net of every depth
   batches, as the paper plots it) and the test error at every --eval_every step.
   Writes figure6.csv (every point), figure6.json (the recipe and the final errors:
   per seed, mean, std), figure6.md (the final errors as the README's table) and
-  figure6.png (both panels). --reference trains the same grid through a Keras 3
+  figure6.png (both panels). --previous=files/figure6.csv keeps the runs of a figure
+  made before with the same recipe (its work_dir may be gone) and trains only the
+  depths and seeds it lacks. --reference trains the same grid through a Keras 3
   model of the same nets instead (figure6_reference.*).
 table: the test error of the final checkpoint of every depth and seed, evaluated as
   run_evaluator.py does, beside the paper's (v2.tools.catalog.PAPER_ERRORS), labelled

@@ -120,7 +120,7 @@ IN_PROCESS = {'trainer': layers.BatchNorm, 'xla': XlaBatchNorm,
 IN_SUBPROCESS = {
     'no_onednn': ({'TF_ENABLE_ONEDNN_OPTS': '0'}, {}),
     'no_remapper': ({}, {'remapping': False}),
-    # The trainer's choice is the device's (off on CPUs, on on GPUs): both, against it.
+    # The trainer's choice is the device's (off on CPUs with AMX, else on): both, against it.
     'layout_optimizer_on': ({}, {'layout_optimizer': True}),
     'layout_optimizer_off': ({}, {'layout_optimizer': False}),
 }

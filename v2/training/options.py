@@ -13,7 +13,7 @@ class RunOptions:
     on every stop request. Checkpoints are only written at logging steps, right after
     the window's losses were checked, so a non-finite loss never reaches one.
     jit_compile None means XLA where it pays: on GPUs, not on CPUs (see devices);
-    layout_optimizer None: grappler's layout optimizer on GPUs, off on CPUs (the same).
+    layout_optimizer None: grappler's layout optimizer off on CPUs with AMX, on elsewhere.
     prepare_batches: where the training batches are normalised and augmented: 'device'
     (uint8 batches, prepared inside the step), 'host' (tf.data's threads, one-device
     runs only), or 'auto': the host on a one-CPU run, where its threads overlap the
