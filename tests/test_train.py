@@ -337,14 +337,17 @@ def test_the_layout_optimizer_changes_the_speed_only(session_data, tmp_path):
     float32 round-off; each says its choice in its first line, and TensorFlow's option
     is what the run chose."""
     runs, firsts = {}, {}
-    for on in (True, False):
-        lines = []
-        runs[on] = all_tensors(loop.train(
-            TINY, tiny_recipe(deterministic=True, num_iterations=4),
-            tiny_options(tmp_path / str(on), layout_optimizer=on), str(session_data),
-            out=lines.append).checkpoint)
-        firsts[on] = lines[0]
-        assert tf.config.optimizer.get_experimental_options()['layout_optimizer'] is on
+    try:
+        for on in (True, False):
+            lines = []
+            runs[on] = all_tensors(loop.train(
+                TINY, tiny_recipe(deterministic=True, num_iterations=4),
+                tiny_options(tmp_path / str(on), layout_optimizer=on), str(session_data),
+                out=lines.append).checkpoint)
+            firsts[on] = lines[0]
+            assert tf.config.optimizer.get_experimental_options()['layout_optimizer'] is on
+    finally:
+        tf.config.optimizer.set_experimental_options({'layout_optimizer': True})  # the default
     assert 'layout optimizer on' in firsts[True] and 'layout optimizer off' in firsts[False]
     assert runs[True].keys() == runs[False].keys()
     for key, value in runs[True].items():

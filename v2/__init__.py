@@ -12,9 +12,10 @@ touches no file descriptor):
                the checks before the first step, the loop and its actions, what a
                run records beside its TensorBoard logs
 The command line and the tools:
-  cli/         the flags of every command, one-line errors, the trainer's,
+  cli/         the trainer's, evaluator's and converter's flags, one-line errors, their
                evaluator's and converter's main functions (run_trainer.py,
                run_evaluator.py, python -m v2.cli.convert)
-  tools/       benchmark, experiments, figures, curves, anatomy, catalog, gpu_report
+  tools/       benchmark, experiments, figures, curves, anatomy, catalog, gpu_report, each
+               with its flags in tools/flags.py
                (python -m v2.tools.X)
 """

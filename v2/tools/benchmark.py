@@ -3,7 +3,8 @@
   python -m v2.tools.benchmark --num_layers=20 --precision=float32
 
 It takes the trainer's flags (network, --batch_size, --precision, --jit_compile,
---steps_per_call, ...) plus the timing flags below, and prints the device first.
+--steps_per_call, ...) plus the timing flags below, and prints the trainer's set-up
+(v2.training.loop.set_up: its notes, then the device) first.
 
 It trains through v2.training.loop.train itself (binary files -> tf.data -> the
 traced step, with augmentation on the device -> summaries), with one logging window
@@ -37,7 +38,7 @@ from v2.data import cifar, pipeline
 from v2.errors import UserError
 from v2.evaluation.evaluate import Evaluator
 from v2.nets import model
-from v2.runtime import distribution, memory
+from v2.runtime import devices, distribution, memory
 from v2.runtime import precision as precision_lib
 from v2.tools import conv_timing, flags
 from v2.training import loop
@@ -228,10 +229,11 @@ def main(argv):
         macs = model.multiply_adds(model.build(model_config))
         gflops = 6 * macs / 1e9
         print('device: %s' % ', '.join(str(d) for d in setup.used))
-        print('%s, batch %d, %s (%s compute), XLA %s, %d step(s) per call; %d warm-up steps, '
-              'then %d windows of %d steps'
+        print('%s, batch %d, %s (%s compute), XLA %s, layout optimizer %s, %d step(s) per call; '
+              '%d warm-up steps, then %d windows of %d steps'
               % (model_config.describe(), recipe.batch_size, recipe.precision, setup.dtype.name,
-                 'on' if setup.jit else 'off', FLAGS.steps_per_call,
+                 'on' if setup.jit else 'off', 'on' if setup.layout_optimizer else 'off',
+                 FLAGS.steps_per_call,
                  timing.warmup_windows * timing.steps, timing.windows, timing.steps))
         print('forward: %.1f M multiply-adds per image (convolutions and linear layer); a '
               'training image costs %.3f GFLOP (x2 per multiply-add, x3 for forward + backward)'
@@ -263,6 +265,7 @@ def measure(model_config, recipe, options, setup, timing, folder):
         return 0
     trainer = time_trainer(model_config, recipe, options, data_path, timing)
     memory = time_in_memory_step(model_config, recipe, options, setup, timing)
+    devices.set_layout_optimizer(True)   # the evaluator's and Keras's: TensorFlow's default
     evaluation, traces = time_evaluation(model_config, data_path, dtype)
     rss = peak_rss_mib()
     bound = (conv_timing.training_bound(model.build(model_config, compute_dtype=dtype),

@@ -283,7 +283,8 @@ def figure6(grid, base, depths, networks, reference=False, previous=''):
     if reference:        # the trainer sets up its devices itself; Keras needs it done here
         devices.setup('default', devices=grid.devices, tf32=grid.options.tf32)
     name = 'figure6_reference' if reference else 'figure6'
-    rows = previous_rows(previous, grid, base) if previous else []      # checked first
+    implementation = 'Keras 3 (v2.tools.keras_nets)' if reference else 'v2'
+    rows = previous_rows(previous, grid, base, implementation) if previous else []  # first
     grid.check_work_dir(grid.spec(base))
     configs = {(network, depth): dataclasses.replace(base, num_layers=depth,
                                                      shortcut_connections=network == 'resnet')
@@ -315,7 +316,7 @@ def figure6(grid, base, depths, networks, reference=False, previous=''):
                                'cross_entropy'],
         {'recipe': json.loads(grid.recipe.to_json()), 'seeds': seeds,
          'network': json.loads(base.to_json()),
-         'implementation': 'Keras 3 (v2.tools.keras_nets)' if reference else 'v2',
+         'implementation': implementation,
          'training_images': grid.train_images, 'test_images': grid.test_images,
          'final': summary},
         figure6_markdown(summary, configs, grid.recipe, label), show=False)
@@ -328,10 +329,11 @@ def figure6(grid, base, depths, networks, reference=False, previous=''):
 _NOT_COMPARED = {'recipe': ('seed',), 'network': ('num_layers', 'shortcut_connections')}
 
 
-def previous_rows(path, grid, base):
+def previous_rows(path, grid, base, implementation):
     """The points of a figure6.csv written before, checked against its figure6.json: made
-    with this recipe (but its seed), this network (but its depth and shortcuts) and the
-    same number of training and test images, else refused in one line."""
+    with this recipe (but its seed), this network (but its depth and shortcuts), the same
+    number of training and test images and the same implementation (this trainer's or the
+    Keras reference's), else refused in one line."""
     json_path = os.path.splitext(path)[0] + '.json'
     try:
         with open(json_path) as f:
@@ -340,7 +342,8 @@ def previous_rows(path, grid, base):
         raise UserError('--previous=%s: cannot read %s beside it (%s)'
                         % (path, json_path, getattr(e, 'strerror', None) or e)) from None
     now = {'recipe': json.loads(grid.recipe.to_json()), 'network': json.loads(base.to_json()),
-           'training_images': grid.train_images, 'test_images': grid.test_images}
+           'training_images': grid.train_images, 'test_images': grid.test_images,
+           'implementation': implementation}
     changed = []
     for key, value in now.items():
         then = before.get(key)

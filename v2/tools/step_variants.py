@@ -11,8 +11,9 @@ traced step (the trainer's own state and step, fed one in-memory uint8 batch tha
 prepares itself, as on a GPU; every setting of the recipe) with batch norm
 and ReLU done other ways, alternating the variants within one process so that
 they share the machine's state, and prints each one's images/second against the
-trainer's. Variants that need another process (TensorFlow's oneDNN switches and
-grappler's remapper, read at start-up) run as subprocesses, alternated the same way.
+trainer's. Variants that need another process (TensorFlow's oneDNN switches, read at
+start-up, and grappler's remapper and layout optimizer) run as subprocesses, alternated
+the same way.
 
 What each did is in docs/performance.md; none is used by the trainer unless it was
 measured faster there.
@@ -177,7 +178,9 @@ def main(argv):
     # The trainer's own set-up: its devices, compute dtype and grappler options
     # (v2.training.loop.set_up); a subprocess variant then changes its one option.
     dtype = loop.set_up(config, recipe, RunOptions(ckpt_path='', devices=tuple(FLAGS.devices),
-                                                   tf32=FLAGS.tf32), print).dtype
+                                                   tf32=FLAGS.tf32,
+                                                   layout_optimizer=FLAGS.layout_optimizer),
+                        print).dtype
     if os.environ.get('V2_GRAPPLER'):
         tf.config.optimizer.set_experimental_options(json.loads(os.environ['V2_GRAPPLER']))
     timers = {name: step_timer(config, recipe, dtype, IN_PROCESS[name])

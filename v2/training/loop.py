@@ -116,7 +116,7 @@ def train(model_config: ModelConfig, recipe: Recipe, options: RunOptions, data_p
             if start >= recipe.num_iterations:
                 setup.out('step %d already reaches num_iterations=%d: nothing to train'
                           % (start, recipe.num_iterations))
-                return TrainResult(step=start, checkpoint=saved.prefix)
+                return TrainResult(step=start, checkpoint=saved.prefix if saved else None)
             guard.loop = make_loop(setup=setup, state=state, options=options, data=data,
                                    folders=folder.folders, start=start,
                                    last_checkpoint=saved.prefix if saved else None,
