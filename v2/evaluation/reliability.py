@@ -12,14 +12,14 @@ import os
 from v2.errors import UserError
 
 
-def pyplot():
-    """matplotlib's pyplot drawing to files, or a one-line error naming the install."""
+def pyplot(later=''):
+    """matplotlib's pyplot drawing to files, or a one-line error naming the install (and
+    `later`: how the figure can be drawn afterwards, where the caller has a way)."""
     try:
         import matplotlib
     except ImportError:
         raise UserError('the figures need matplotlib, which is not installed: pip install '
-                        'matplotlib (the CSV/JSON are written; draw them later with python -m '
-                        'v2.tools.figures)') from None
+                        'matplotlib' + (' (%s)' % later if later else '')) from None
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     return plt

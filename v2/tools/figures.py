@@ -17,11 +17,17 @@ import textwrap
 
 from v2.cli import app
 from v2.errors import UserError
-from v2.evaluation.reliability import pyplot  # figures.pyplot, as the tools call it
+from v2.evaluation import reliability
 from v2.tools import flags
 
 # Depth -> colour, the same in both panels so that depths can be compared across them.
 COLOURS = {20: '#e6a100', 32: '#2c7bb6', 44: '#1a9641', 56: '#d7191c', 110: '#7b3294'}
+
+
+def pyplot():
+    """pyplot (v2.evaluation.reliability), or one line saying how to draw the figures later."""
+    return reliability.pyplot(later='the CSV/JSON are written; draw them later with python -m '
+                                    'v2.tools.figures')
 
 
 def read_points(path):
