@@ -344,10 +344,14 @@ def previous_rows(path, grid, base, implementation):
     now = {'recipe': json.loads(grid.recipe.to_json()), 'network': json.loads(base.to_json()),
            'training_images': grid.train_images, 'test_images': grid.test_images,
            'implementation': implementation}
+    # A setting added since (mixup, distillation, ...) was its default then.
+    defaults = {'recipe': json.loads(Recipe().to_json()),
+                'network': json.loads(model.ModelConfig().to_json())}
     changed = []
     for key, value in now.items():
         then = before.get(key)
         if isinstance(value, dict) and isinstance(then, dict):
+            then = {**defaults[key], **then}
             changed += ['%s.%s' % (key, k) for k in sorted(set(value) | set(then))
                         if k not in _NOT_COMPARED[key] and value.get(k) != then.get(k)]
         elif value != then:
