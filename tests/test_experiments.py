@@ -272,6 +272,33 @@ def test_figure6_refuses_a_previous_figure_of_another_recipe(session_data, tmp_p
     assert not (tmp_path / 'work').exists() and not (tmp_path / 'out').exists()
 
 
+def test_a_previous_figure_from_before_a_setting_existed_joins_with_it_at_its_default(tmp_path):
+    """A figure6.json written before mixup existed records no mixup_alpha: it was 0 then, as
+    now, so its runs join; the same figure with another weight decay does not."""
+    import types
+
+    from v2.training.recipe import Recipe
+    recipe, base = Recipe(weight_decay=1e-4), ModelConfig(num_layers=20, resnet_version=1)
+    grid = types.SimpleNamespace(recipe=recipe, train_images=2500, test_images=1017)
+    (tmp_path / 'figure6.csv').write_text('network,depth,seed,step,split,error,cross_entropy\n'
+                                          'plain,20,1,100,train,0.794375,2.071814\n')
+    old = json.loads(recipe.to_json())
+    del old['mixup_alpha']
+    record = {'recipe': old, 'network': json.loads(base.to_json()), 'training_images': 2500,
+              'test_images': 1017, 'implementation': 'v2'}
+    (tmp_path / 'figure6.json').write_text(json.dumps(record))
+    rows = experiments.previous_rows(str(tmp_path / 'figure6.csv'), grid, base, 'v2')
+    assert rows == [dict(network='plain', depth=20, seed=1, step=100, split='train',
+                         error=0.794375, cross_entropy=2.071814)]
+    with pytest.raises(UserError, match='another implementation'):
+        experiments.previous_rows(str(tmp_path / 'figure6.csv'), grid, base,
+                                  'Keras 3 (v2.tools.keras_nets)')
+    record['recipe']['weight_decay'] = 5e-4
+    (tmp_path / 'figure6.json').write_text(json.dumps(record))
+    with pytest.raises(UserError, match=r'another recipe\.weight_decay;'):
+        experiments.previous_rows(str(tmp_path / 'figure6.csv'), grid, base, 'v2')
+
+
 @pytest.mark.slow
 def test_the_keras_reference_trains_the_same_grid(session_data, tmp_path):
     status, line = run('figure6', '--reference', '--data_path=%s' % session_data,
