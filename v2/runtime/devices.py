@@ -40,25 +40,18 @@ class Device:
         return 'CPU %s%s' % (self.description, ', bfloat16 units' if self.has_bf16 else '')
 
 
-def cpu_info() -> tuple[str, bool]:
-    """(model name, has bfloat16 units: AVX512-BF16 or AMX-BF16), read from Linux."""
+def cpu_info() -> tuple[str, bool, bool]:
+    """(model name, has bfloat16 units: AVX512-BF16 or AMX-BF16, has AMX's bfloat16 tiles),
+    read from Linux."""
     try:
         with open('/proc/cpuinfo') as f:
             text = f.read()
     except OSError:
-        return 'unknown', False
+        return 'unknown', False, False
     names = [line.split(':', 1)[1].strip() for line in text.splitlines()
              if line.startswith('model name')]
-    return (names[0] if names else 'unknown'), ('avx512_bf16' in text or 'amx_bf16' in text)
-
-
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX's bfloat16 tiles (Intel Sapphire Rapids and later)."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            return 'amx_bf16' in f.read()
-    except OSError:
-        return False
+    return ((names[0] if names else 'unknown'), 'avx512_bf16' in text or 'amx_bf16' in text,
+            'amx_bf16' in text)
 
 
 # Every spelling of one local device that TensorFlow prints or users write: '/gpu:1', 'GPU:1',
@@ -211,8 +204,8 @@ def setup_for_evaluation(devices: Sequence[str] = (), out: Callable = print) -> 
 def describe(gpus) -> list[Device]:
     """Device records of these physical GPUs, or of the CPU when there are none."""
     if not gpus:
-        name, bf16 = cpu_info()
-        return [Device('CPU', name, has_bf16=bf16, has_amx=cpu_has_amx())]
+        name, bf16, amx = cpu_info()
+        return [Device('CPU', name, has_bf16=bf16, has_amx=amx)]
     records = []
     for gpu in gpus:
         details = tf.config.experimental.get_device_details(gpu)

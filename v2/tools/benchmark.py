@@ -239,16 +239,16 @@ def main(argv):
               'training image costs %.3f GFLOP (x2 per multiply-add, x3 for forward + backward)'
               % (macs / 1e6, gflops))
         try:
-            return measure(model_config, recipe, options, setup, timing, folder)
+            return measure(model_config, recipe, options, setup, timing, folder, macs)
         except memory.OOM as e:
             raise memory.out_of_memory(e, doing='timing', network=model_config.describe(),
                                        batch_size=recipe.batch_size,
                                        precision=recipe.precision, used=setup.used) from None
 
 
-def measure(model_config, recipe, options, setup, timing, folder):
-    """The measurements and their table, once the settings are printed."""
-    macs = model.multiply_adds(model.build(model_config))
+def measure(model_config, recipe, options, setup, timing, folder, macs):
+    """The measurements and their table, once the settings are printed (macs: the net's
+    multiply-adds per image)."""
     gflops, dtype = 6 * macs / 1e9, setup.dtype
     data_path = FLAGS.data_path
     if not data_path:

@@ -286,9 +286,12 @@ def figure6(grid, base, depths, networks, reference=False, previous=''):
     implementation = 'Keras 3 (v2.tools.keras_nets)' if reference else 'v2'
     rows = previous_rows(previous, grid, base, implementation) if previous else []  # first
     grid.check_work_dir(grid.spec(base))
+    every_depth = sorted({r['depth'] for r in rows} | set(depths))    # the figure's, kept too
+    every_network = [n for n in NETWORKS
+                     if n in networks or any(r['network'] == n for r in rows)]
     configs = {(network, depth): dataclasses.replace(base, num_layers=depth,
                                                      shortcut_connections=network == 'resnet')
-               for depth in depths for network in networks}
+               for depth in every_depth for network in every_network}
     kept = {(r['network'], r['depth'], r['seed']) for r in rows}
     runs = [Run(dict(network=network, depth=depth, seed=seed),
                 # The Keras runs keep their own folders: figure6 and figure6 --reference
@@ -302,13 +305,8 @@ def figure6(grid, base, depths, networks, reference=False, previous=''):
         points = (reference_run(grid, run, i, len(runs)) if reference
                   else grid.train(run, i, len(runs)))
         rows += [dict(run.labels, **row) for row in points.rows]
-    depths = sorted({r['depth'] for r in rows} | set(depths))
-    networks = [n for n in NETWORKS if n in networks or any(r['network'] == n for r in rows)]
-    configs.update({(network, depth): dataclasses.replace(
-        base, num_layers=depth, shortcut_connections=network == 'resnet')
-        for depth in depths for network in networks})
     seeds = sorted({r['seed'] for r in rows} | set(grid.seeds))
-    summary = summarize(rows, depths, networks, seeds, grid.recipe.num_iterations)
+    summary = summarize(rows, every_depth, every_network, seeds, grid.recipe.num_iterations)
     label = grid.label() + ('; trained through the Keras 3 model of the same nets'
                             if reference else '')
     written = write_results(
